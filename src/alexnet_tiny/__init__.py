@@ -1,0 +1,10 @@
+"""alexnet-tiny: AlexNet (Krizhevsky et al., 2012) on Tiny Image10, fast, on CPU or GPU."""
+from .config import PRESETS, TrainConfig
+from .data import Dataset, load_dataset, prepare
+from .errors import UserError
+from .model import AlexNet
+from .train import evaluate, train
+
+__version__ = "0.1.0"
+__all__ = ["AlexNet", "Dataset", "PRESETS", "TrainConfig", "UserError", "evaluate", "load_dataset", "prepare",
+           "train", "__version__"]

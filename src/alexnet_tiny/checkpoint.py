@@ -1,0 +1,38 @@
+"""Checkpoints: plain dicts of tensors and primitives, loaded with weights_only=True.
+
+    {"model", "optimizer", "lr_scheduler", "epoch", "config", "best", "classes", "preprocessing",
+     "elapsed_seconds"}   (best.pt leaves out the optimizer and scheduler)
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .model import AlexNet
+
+
+def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path}: not a readable alexnet-tiny checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or not {"model", "classes", "preprocessing"} <= ckpt.keys():
+        raise UserError(f"{path}: not an alexnet-tiny checkpoint (expected model, classes and preprocessing)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu") -> AlexNet:
+    model = AlexNet(num_classes=len(ckpt["classes"]["wnids"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit AlexNet ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()

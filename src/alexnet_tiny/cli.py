@@ -1,0 +1,116 @@
+"""Command line: argument parsing, then one call into the modules per subcommand."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import HYPERPARAMETERS, TYPES, preset
+from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLITS
+from .errors import UserError
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--lr, --momentum, ..., --step-size); None = from the preset."""
+    helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs"}
+    for name in HYPERPARAMETERS:
+        kind = float if TYPES[name] == "float" else int
+        flag = "--" + name.replace("_", "-")
+        extra = ["-b"] if name == "batch_size" else []
+        p.add_argument(*extra, flag, type=kind, default=None, help=helps.get(name))
+    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study) or quick (CPU minutes)")
+
+
+def config_from_args(args):
+    overrides = {n: getattr(args, n) for n in HYPERPARAMETERS if getattr(args, n) is not None}
+    return preset(args.preset).replace(**overrides).validate()
+
+
+def cmd_prepare(args) -> int:
+    from .data import load_dataset, prepare
+    t0 = time.time()
+    wnids = [w for w in args.wnids.split(",") if w] if args.wnids else None
+    out = prepare(args.out, source=args.source, classes=args.classes, wnids=wnids, seed=args.seed,
+                  progress=not args.quiet)
+    ds = load_dataset(out, progress=not args.quiet)
+    counts = ", ".join(f"{s} {len(ds.splits[s])}" for s in SPLITS)
+    print(f"prepared {out}: {ds.num_classes} classes ({counts}) in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+    config = config_from_args(args)
+    rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
+                progress=not args.quiet, log=log)
+    out = args.out or f"runs/{config.name()}"
+    best = rec["best_val_accuracy"]
+    test = rec["test_accuracy_at_best"]
+    print(f"{rec['status']}: {out}  best val {best:.3f} at epoch {rec['best_epoch']}, test {test if test is None else f'{test:.3f}'}"
+          f"  ({rec['epochs_done']} epochs, {rec['seconds']:.0f}s on {rec['device']})")
+    return 0 if rec["status"] != "failed" else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint, format_table
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, device=args.device,
+                                 progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    print(f"{args.split}: accuracy {result['accuracy']:.3f}, loss {result['loss']:.4f} on {result['images']} images",
+          file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="alexnet-tiny", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.description = "AlexNet on Tiny Image10: prepare data, train, evaluate."
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="split an archive into a prepared dataset folder and decoded cache")
+    p.add_argument("--source", default=None, help="Tiny ImageNet zip or folder (default: the embedded Tiny Image10 archive)")
+    p.add_argument("--classes", type=int, default=10, help="take the first N wnids in sorted order (default 10)")
+    p.add_argument("--wnids", default=None, help="comma-separated wnids instead of --classes")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--out", default=str(DEFAULT_DATA_DIR), help=f"output folder (default {DEFAULT_DATA_DIR})")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one configuration, logged to TensorBoard")
+    p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<hyperparameters>)")
+    add_hyperparameter_flags(p)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="loss, accuracy and per-class accuracy of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the run, else data/tiny-image10)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train", OFFICIAL_VAL])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"alexnet-tiny {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet-tiny {args.command}: interrupted; finished epochs are saved (rerun with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,384 @@
+"""Tiny ImageNet archive -> deterministic split -> prepared ImageFolder -> decoded uint8 cache.
+
+A *source* is the official `tiny-imagenet-200.zip`, any cut of it with the same layout (such as
+the embedded 10-class archive), or an extracted folder. `prepare` writes the chosen classes as
+`<out>/<split>/<wnid>/<file>.JPEG` plus `dataset.json` and `decoded.pt` (every image decoded once
+to N x 3 x 64 x 64 uint8), building in a temporary folder that is renamed into place at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import UserError
+from .progress import progress_bar
+
+EMBEDDED_ARCHIVE = Path(__file__).parent / "assets" / "tiny-imagenet-200-first10.zip"
+EMBEDDED_SHA256 = "5655dbb60c42683ced814ce19d786bd1ce7a6a7d1d7bd62d75b1a6e365bf6972"
+DEFAULT_DATA_DIR = Path("data/tiny-image10")
+
+SPLIT_SIZES = {"train": 400, "val": 50, "test": 50}  # taken from each class's 500 train images
+OFFICIAL_VAL = "official-val"  # the official validation images: never used for training or selection
+SPLITS = (*SPLIT_SIZES, OFFICIAL_VAL)
+CACHE_SIZE = 64  # decoded cache resolution (Tiny ImageNet's native size)
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+# ----------------------------------------------------------------------------- sources
+
+class Source:
+    """Read-only view of a Tiny ImageNet tree (zip or folder) by paths relative to its root,
+    the folder that holds wnids.txt."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path) if path is not None else EMBEDDED_ARCHIVE
+        if not self.path.exists():
+            raise UserError(f"{self.path}: source does not exist (expected a Tiny ImageNet .zip or folder)")
+        self._zip = None
+        if self.path.is_dir():
+            self._names = self._walk_folder()
+        else:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise UserError(f"{self.path}: not a readable zip archive ({e})") from None
+            self._names = self._zip_names()
+        self.sha256 = self._fingerprint()
+        if self.path == EMBEDDED_ARCHIVE and self.sha256 != EMBEDDED_SHA256:
+            raise UserError(f"{self.path}: embedded archive is corrupt (sha256 {self.sha256}, expected {EMBEDDED_SHA256})")
+
+    def _walk_folder(self) -> dict[str, str]:
+        root = _find_root([str(p.relative_to(self.path).as_posix()) for p in self.path.rglob("wnids.txt")], self.path)
+        base = self.path / root
+        names = {}
+        for dirpath, _, files in os.walk(base):
+            for f in files:
+                full = Path(dirpath) / f
+                names[full.relative_to(base).as_posix()] = str(full)
+        return names
+
+    def _zip_names(self) -> dict[str, str]:
+        entries = self._zip.namelist()
+        for name in entries:
+            if _unsafe_entry(name):
+                raise UserError(f"{self.path}: unsafe zip entry {name!r} (absolute or escaping the archive root)")
+        root = _find_root([n for n in entries if n.endswith("wnids.txt")], self.path)
+        return {n[len(root):]: n for n in entries if n.startswith(root) and not n.endswith("/")}
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256()
+        if self._zip is not None:
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        else:  # a folder: names and sizes (hashing every file of a 100k-image tree is too slow)
+            for rel in sorted(self._names):
+                h.update(f"{rel}\0{os.path.getsize(self._names[rel])}\n".encode())
+        return h.hexdigest()
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def has(self, rel: str) -> bool:
+        return rel in self._names
+
+    def read(self, rel: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(self._names[rel])
+        return Path(self._names[rel]).read_bytes()
+
+    def describe(self, rel: str) -> str:
+        return f"{self.path}:{self._names.get(rel, rel)}"
+
+
+def _unsafe_entry(name: str) -> bool:
+    return (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None
+            or ".." in PurePosixPath(name.replace("\\", "/")).parts)
+
+
+def _find_root(wnids_paths: list[str], where: Path) -> str:
+    """The prefix ('' or 'tiny-imagenet-200/') of the shallowest wnids.txt."""
+    if not wnids_paths:
+        raise UserError(f"{where}: no wnids.txt found (expected a Tiny ImageNet archive or folder)")
+    best = min(wnids_paths, key=lambda p: p.count("/"))
+    return best[: -len("wnids.txt")]
+
+
+# ----------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Item:
+    split: str
+    wnid: str
+    source: str  # path inside the source
+    target: str  # path inside the prepared folder
+
+
+def read_wnids(source: Source) -> list[str]:
+    if not source.has("wnids.txt"):
+        raise UserError(f"{source.path}: missing wnids.txt")
+    return sorted(source.read("wnids.txt").decode().split())
+
+
+def choose_wnids(available: list[str], classes: int = 10, wnids: list[str] | None = None, where="source") -> list[str]:
+    if wnids:
+        missing = [w for w in wnids if w not in available]
+        if missing:
+            raise UserError(f"{where}: wnid {missing[0]} is not in its wnids.txt")
+        if len(set(wnids)) != len(wnids):
+            raise UserError(f"--wnids: duplicate wnid in {','.join(wnids)}")
+        return list(wnids)
+    if not 1 <= classes <= len(available):
+        raise UserError(f"--classes {classes}: expected 1 to {len(available)} (classes in {where})")
+    return available[:classes]
+
+
+def class_names(source: Source, wnids: list[str]) -> list[str]:
+    """First name of each wnid's words.txt entry ('goldfish'); the wnid itself where absent."""
+    table = {}
+    if source.has("words.txt"):
+        for line in source.read("words.txt").decode(errors="replace").splitlines():
+            wnid, _, words = line.partition("\t")
+            table[wnid] = words.split(",")[0].strip()
+    return [table.get(w) or w for w in wnids]
+
+
+def split_key(seed: int, name: str) -> str:
+    """Order images by a hash of (seed, file name): the same split on any machine and Python."""
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+def plan_split(source: Source, wnids: list[str], seed: int) -> list[Item]:
+    if not any(n.startswith("train/") for n in source.names()):
+        raise UserError(f"{source.path}: missing train folder")
+    need = sum(SPLIT_SIZES.values())
+    items = []
+    for wnid in wnids:
+        prefix = f"train/{wnid}/images/"
+        files = sorted(n for n in source.names() if n.startswith(prefix) and n.lower().endswith(IMAGE_SUFFIXES))
+        if len(files) < need:
+            raise UserError(f"{source.describe(prefix)}: class {wnid} has {len(files)} images, the split needs {need}")
+        files.sort(key=lambda n: split_key(seed, PurePosixPath(n).name))
+        start = 0
+        for split, size in SPLIT_SIZES.items():
+            for n in files[start:start + size]:
+                items.append(Item(split, wnid, n, f"{split}/{wnid}/{PurePosixPath(n).name}"))
+            start += size
+    return items + plan_official_val(source, wnids)
+
+
+def plan_official_val(source: Source, wnids: list[str]) -> list[Item]:
+    if not source.has("val/val_annotations.txt"):
+        return []
+    chosen = set(wnids)
+    items = []
+    for line in source.read("val/val_annotations.txt").decode().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[1] in chosen:
+            rel = f"val/images/{parts[0]}"
+            if not source.has(rel):
+                raise UserError(f"{source.describe(rel)}: listed in val_annotations.txt but missing")
+            items.append(Item(OFFICIAL_VAL, parts[1], rel, f"{OFFICIAL_VAL}/{parts[1]}/{parts[0]}"))
+    return sorted(items, key=lambda i: (wnids.index(i.wnid), i.target))
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def decode_image(blob: bytes, where: str, size: int = CACHE_SIZE) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 array (3, size, size), any mode converted to RGB."""
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{where}: not a readable image ({e})") from None
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def prepare(out: Path | str = DEFAULT_DATA_DIR, source: Path | str | None = None, classes: int = 10,
+            wnids: list[str] | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """Write the prepared dataset folder; a no-op when it already holds the same inputs."""
+    out = Path(out)
+    src = Source(source)
+    chosen = choose_wnids(read_wnids(src), classes, wnids, where=str(src.path))
+    identity = {"format": FORMAT_VERSION, "source_sha256": src.sha256, "wnids": chosen, "seed": seed,
+                "split_sizes": SPLIT_SIZES}
+    if out.exists():
+        existing = read_meta(out) if (out / "dataset.json").exists() else None
+        if existing is not None and all(existing.get(k) == v for k, v in identity.items()):
+            return out
+        raise UserError(f"{out}: already exists with different contents (other source, classes or seed); "
+                        f"choose another --out or remove it")
+    items = plan_split(src, chosen, seed)
+    names = class_names(src, chosen)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        decoded = _write_items(src, items, tmp, progress)
+        counts = {s: sum(1 for i in items if i.split == s) for s in SPLITS}
+        meta = {**identity, "source": str(src.path), "names": names, "counts": counts}
+        write_json(tmp / "dataset.json", meta)
+        labels = {w: k for k, w in enumerate(chosen)}
+        _save_cache(tmp, {s: (np.stack([decoded[i.target] for i in items if i.split == s]) if counts[s] else
+                              np.zeros((0, 3, CACHE_SIZE, CACHE_SIZE), np.uint8),
+                              [labels[i.wnid] for i in items if i.split == s],
+                              [i.target for i in items if i.split == s]) for s in SPLITS})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_items(src: Source, items: list[Item], tmp: Path, progress: bool) -> dict[str, np.ndarray]:
+    decoded = {}
+    for item in progress_bar(items, desc="prepare", unit="img", enabled=progress):
+        blob = src.read(item.source)
+        decoded[item.target] = decode_image(blob, src.describe(item.source))
+        path = tmp / item.target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    return decoded
+
+
+# ----------------------------------------------------------------------------- cache
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 N x 3 x 64 x 64
+    labels: torch.Tensor  # int64 N
+    files: list[str]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    wnids: list[str]
+    names: list[str]
+    splits: dict[str, Split]
+    meta: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.wnids)
+
+
+def read_meta(root: Path) -> dict:
+    path = Path(root) / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+        meta["wnids"], meta["names"]  # noqa: B018 - the keys every reader needs
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a prepared dataset description ({e.__class__.__name__}: {e})") from None
+    return meta
+
+
+def folder_fingerprint(root: Path) -> str:
+    h = hashlib.sha256()
+    for split in SPLITS:
+        for path in sorted((root / split).rglob("*")) if (root / split).exists() else []:
+            if path.is_file():
+                st = path.stat()
+                h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _save_cache(root: Path, splits: dict) -> None:
+    payload = {"fingerprint": folder_fingerprint(root), "splits": {
+        s: {"images": torch.from_numpy(np.ascontiguousarray(imgs)), "labels": torch.tensor(labels, dtype=torch.int64),
+            "files": files} for s, (imgs, labels, files) in splits.items()}}
+    atomic_torch_save(payload, root / "decoded.pt")
+
+
+def _rebuild_cache(root: Path, wnids: list[str], progress: bool) -> None:
+    labels = {w: k for k, w in enumerate(wnids)}
+    splits = {}
+    for split in SPLITS:
+        files = sorted(p for p in (root / split).rglob("*") if p.is_file()) if (root / split).exists() else []
+        imgs, ys, rels = [], [], []
+        for path in progress_bar(files, desc=f"decode {split}", unit="img", enabled=progress):
+            wnid = path.parent.name
+            if wnid not in labels:
+                raise UserError(f"{path}: class folder {wnid} is not listed in {root / 'dataset.json'}")
+            imgs.append(decode_image(path.read_bytes(), str(path)))
+            ys.append(labels[wnid])
+            rels.append(path.relative_to(root).as_posix())
+        arr = np.stack(imgs) if imgs else np.zeros((0, 3, CACHE_SIZE, CACHE_SIZE), np.uint8)
+        splits[split] = (arr, ys, rels)
+    _save_cache(root, splits)
+
+
+def load_dataset(root: Path | str = DEFAULT_DATA_DIR, progress: bool = True) -> Dataset:
+    """The prepared dataset with every split decoded; the cache is rebuilt when the folder changed."""
+    root = Path(root)
+    meta = read_meta(root)
+    cache_path = root / "decoded.pt"
+    cache = _load_cache(cache_path)
+    if cache is None or cache.get("fingerprint") != folder_fingerprint(root):
+        _rebuild_cache(root, meta["wnids"], progress)
+        cache = _load_cache(cache_path)
+    splits = {s: Split(v["images"], v["labels"], list(v["files"])) for s, v in cache["splits"].items()}
+    return Dataset(root, list(meta["wnids"]), list(meta["names"]), splits, meta)
+
+
+def _load_cache(path: Path):
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile):
+        return None  # missing or damaged: rebuilt from the folder
+
+
+def ensure_dataset(root: Path | str | None = None, progress: bool = True) -> Dataset:
+    """Load a prepared dataset; the default folder is prepared from the embedded archive if absent."""
+    root = Path(root) if root is not None else DEFAULT_DATA_DIR
+    if not (root / "dataset.json").exists():
+        if root.exists() and any(root.iterdir()):
+            raise UserError(f"{root}: not a prepared dataset (no dataset.json); run `alexnet-tiny prepare --out {root}`")
+        prepare(root, progress=progress)
+    return load_dataset(root, progress=progress)
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+@contextmanager
+def atomic_path(path: Path | str):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+    (No fsync: this guards against killed processes, not against power loss.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path | str, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(obj, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,79 @@
+"""A run folder: what training writes and what the report reads back, defined once.
+
+    <run>/config.json     hyperparameters, device, dataset, status and summary
+    <run>/metrics.jsonl   one JSON object per epoch (the same values as the scalars)
+    <run>/events.out.tfevents.*   TensorBoard scalars (TAGS) and hparams
+    <run>/last.pt, best.pt        checkpoints (best = best validation accuracy)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data import atomic_path, write_json
+from .errors import UserError
+
+CONFIG_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT = "config.json", "metrics.jsonl", "last.pt", "best.pt"
+
+# metrics.jsonl key -> TensorBoard tag. The report reads the tags through this same table.
+TAGS = {
+    "train_loss": "train/loss", "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss", "val_accuracy": "val/accuracy",
+    "test_loss": "test/loss", "test_accuracy": "test/accuracy",
+    "lr": "lr", "epoch_seconds": "time/epoch_seconds", "images_per_second": "time/images_per_second",
+}
+HPARAM_METRICS = {"best_val_accuracy": "hparams/best_val_accuracy", "test_accuracy_at_best": "hparams/test_accuracy_at_best"}
+
+STATUS_RUNNING, STATUS_DONE, STATUS_DIVERGED, STATUS_FAILED = "running", "done", "diverged", "failed"
+
+
+def read_config(run: Path) -> dict | None:
+    path = Path(run) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_config(run: Path, record: dict) -> None:
+    write_json(Path(run) / CONFIG_FILE, record)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a line cut by a kill: everything after it is redone on resume
+    return rows
+
+
+def epoch_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "epoch" in r and "status" not in r]
+
+
+def truncate_metrics(run: Path, last_epoch: int) -> list[dict]:
+    """Keep the epochs up to `last_epoch` (those the checkpoint holds); drop anything later."""
+    kept = [r for r in epoch_rows(read_metrics(run)) if r["epoch"] <= last_epoch]
+    with atomic_path(Path(run) / METRICS_FILE) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def append_metrics(run: Path, row: dict) -> None:
+    with open(Path(run) / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series of a run's TensorBoard files: tag -> [(step, value)], purged steps removed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

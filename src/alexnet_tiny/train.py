@@ -1,0 +1,249 @@
+"""One training run: SGD with momentum, StepLR, train/val/test metrics every epoch.
+
+Randomness is reseeded at every epoch from (seed, epoch): shuffling, crops, flips and dropout of
+epoch e are the same whether or not the run was interrupted before it, so a resumed run on the CPU
+reproduces an uninterrupted one exactly and checkpoints need no RNG state.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import runlog
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import Dataset, Split, atomic_torch_save, ensure_dataset
+from .errors import UserError
+from .model import AlexNet
+from .progress import progress_bar
+from .transforms import MEAN, STD, eval_batch, resize_size, train_batch
+
+EVAL_BATCH_SIZE = 100
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name}: expected auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer, config: TrainConfig):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+
+
+# ----------------------------------------------------------------------------- epochs
+
+def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device, epoch: int,
+                    progress: bool = True) -> dict:
+    model.train()
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
+    images, labels = split.images.to(device), split.labels.to(device)
+    order = torch.randperm(len(split), generator=generator)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    start = time.perf_counter()
+    batches = range(0, len(split), config.batch_size)
+    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
+    for i in bar:
+        idx = order[i:i + config.batch_size].to(device)
+        x = train_batch(images[idx], config.image_size, generator)
+        y = labels[idx]
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+    n = len(split)
+    loss_value = loss_sum.item() / n  # one device sync per epoch
+    seconds = time.perf_counter() - start
+    return {"loss": loss_value, "accuracy": correct.item() / n, "seconds": seconds, "images_per_second": n / seconds}
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    confusion: torch.Tensor  # [true, predicted] counts
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (self.confusion.diag().double() / totals).tolist()
+
+
+@torch.no_grad()
+def predict_logits(model, images: torch.Tensor, image_size: int, device, batch_size: int = EVAL_BATCH_SIZE):
+    model.eval()
+    outs = [model(eval_batch(images[i:i + batch_size].to(device), image_size)).float()
+            for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def evaluate(model, split: Split, image_size: int, device, num_classes: int) -> Evaluation:
+    if len(split) == 0:
+        return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64))
+    logits = predict_logits(model, split.images, image_size, device).cpu()
+    loss = F.cross_entropy(logits, split.labels, reduction="sum").item() / len(split)
+    pred = logits.argmax(1)
+    confusion = torch.bincount(split.labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+    return Evaluation(loss, (pred == split.labels).double().mean().item(), confusion)
+
+
+# ----------------------------------------------------------------------------- a run
+
+def checkpoint_dict(model, optimizer, scheduler, epoch, config, dataset: Dataset, best, elapsed, full=True) -> dict:
+    ckpt = {
+        "model": model.state_dict(), "epoch": epoch, "config": config.to_dict(), "best": dict(best),
+        "classes": {"wnids": dataset.wnids, "names": dataset.names},
+        "preprocessing": {"image_size": config.image_size, "resize": resize_size(config.image_size),
+                          "mean": list(MEAN), "std": list(STD)},
+        "elapsed_seconds": elapsed,
+    }
+    if full:
+        ckpt.update(optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict())
+    return ckpt
+
+
+def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best: dict, epochs_done: int,
+               final_train_loss, seconds: float, reason: str | None = None) -> dict:
+    record = {
+        "config": config.to_dict(), "name": config.name(), "device": str(device), "status": status,
+        "dataset": {"root": str(dataset.root), "wnids": dataset.wnids, "names": dataset.names,
+                    "source_sha256": dataset.meta.get("source_sha256"), "seed": dataset.meta.get("seed")},
+        "epochs_done": epochs_done, "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
+        "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
+        "seconds": round(seconds, 2),
+    }
+    if reason:
+        record["reason"] = reason
+    return record
+
+
+def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | None:
+    previous = runlog.read_config(out)
+    if previous is None:
+        return None
+    if not resume:
+        raise UserError(f"{out}: run folder already exists; add --resume to continue it or choose another --out")
+    if TrainConfig.from_dict(previous["config"], str(out / runlog.CONFIG_FILE)) != config:
+        raise UserError(f"{out}: holds a run with other hyperparameters ({previous['name']}); "
+                        f"resume it with the same flags or choose another --out")
+    return previous
+
+
+def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
+          device: str = "auto", resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train one configuration into the run folder `out`; returns the record saved as config.json."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    config.validate()
+    dev = resolve_device(device)
+    dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
+    out = Path(out) if out is not None else Path("runs") / config.name()
+    previous = _check_resumable(out, config, resume)
+    if previous is not None and previous["status"] in (runlog.STATUS_DONE, runlog.STATUS_DIVERGED):
+        log(f"{out}: already finished ({previous['status']}), nothing to do")
+        return previous
+
+    torch.manual_seed(config.seed)
+    model = AlexNet(dataset.num_classes).to(dev)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    best = {"val_accuracy": -1.0, "epoch": 0, "test_accuracy": None}
+    start_epoch, elapsed, final_train_loss = 1, 0.0, None
+    last_path = out / runlog.LAST_CKPT
+    if previous is not None and last_path.exists():
+        ckpt = load_checkpoint(last_path, map_location=dev)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        best, elapsed, start_epoch = ckpt["best"], ckpt["elapsed_seconds"], ckpt["epoch"] + 1
+    kept = runlog.truncate_metrics(out, start_epoch - 1) if previous is not None else []
+    if kept:
+        final_train_loss = kept[-1]["train_loss"]
+    if start_epoch > 1:
+        log(f"resuming {out} at epoch {start_epoch}/{config.epochs}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = lambda status, reason=None: run_record(config, dataset, dev, status, best, start_epoch - 1,
+                                                    final_train_loss, elapsed, reason)
+    runlog.write_config(out, record(runlog.STATUS_RUNNING))
+    # purge_step drops any scalars an interrupted run wrote past its last checkpoint
+    writer = SummaryWriter(str(out), purge_step=start_epoch if start_epoch > 1 else None)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_one_epoch(model, optimizer, dataset.splits["train"], config, dev, epoch, progress)
+            if not math.isfinite(tr["loss"]):
+                reason = f"train loss became {tr['loss']} at epoch {epoch}"
+                runlog.append_metrics(out, {"epoch": epoch, "status": runlog.STATUS_DIVERGED, "reason": reason})
+                final = record(runlog.STATUS_DIVERGED, reason)
+                runlog.write_config(out, final)
+                log(f"diverged: {reason}")
+                return final
+            val = evaluate(model, dataset.splits["val"], config.image_size, dev, dataset.num_classes)
+            test = evaluate(model, dataset.splits["test"], config.image_size, dev, dataset.num_classes)
+            scheduler.step()
+            elapsed += time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                   "val_loss": val.loss, "val_accuracy": val.accuracy, "test_loss": test.loss,
+                   "test_accuracy": test.accuracy, "lr": lr, "epoch_seconds": time.perf_counter() - t0,
+                   "images_per_second": tr["images_per_second"]}
+            # logs first, then checkpoints: a kill in between only makes resume redo this epoch
+            runlog.append_metrics(out, row)
+            for key, tag in runlog.TAGS.items():
+                writer.add_scalar(tag, row[key], epoch)
+            writer.flush()
+            final_train_loss = tr["loss"]
+            improved = val.accuracy > best["val_accuracy"]
+            if improved:
+                best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
+            args = (model, optimizer, scheduler, epoch, config, dataset, best, elapsed)
+            if improved:
+                atomic_torch_save(checkpoint_dict(*args, full=False), out / runlog.BEST_CKPT)
+            atomic_torch_save(checkpoint_dict(*args), last_path)
+            start_epoch = epoch + 1
+            runlog.write_config(out, record(runlog.STATUS_RUNNING))
+            log(f"epoch {epoch}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
+                f"val {val.accuracy:.3f}  test {test.accuracy:.3f}  {row['epoch_seconds']:.1f}s "
+                f"({tr['images_per_second']:.0f} img/s)")
+        final = record(runlog.STATUS_DONE)
+        write_hparams(writer, config, final)
+        runlog.write_config(out, final)
+        return final
+    finally:
+        writer.close()
+
+
+def write_hparams(writer, config: TrainConfig, final: dict) -> None:
+    """TensorBoard's HParams dashboard: the hyperparameters with the final metrics."""
+    from torch.utils.tensorboard.summary import hparams
+    metrics = {"best_val_accuracy": final["best_val_accuracy"], "test_accuracy_at_best": final["test_accuracy_at_best"]}
+    exp, ssi, sei = hparams(config.to_dict(), {runlog.HPARAM_METRICS[k]: v for k, v in metrics.items()})
+    for summary in (exp, ssi, sei):
+        writer.file_writer.add_summary(summary)
+    for key, value in metrics.items():
+        writer.add_scalar(runlog.HPARAM_METRICS[key], value, final["epochs_done"])
+    writer.flush()
