@@ -70,6 +70,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from .grid import best_row, grid_trials, run_grid
+    name, trials = grid_trials(args.preset, args.config)
+    out = Path(args.out or f"runs/{name}")
+    t0 = time.time()
+    ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+    rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
+                    progress=not args.quiet, log=log, ray_options=ray_options)
+    if not args.no_report:
+        from .report import write_report
+        write_report(out, progress=not args.quiet, log=log)
+    best = best_row(rows)
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    status = ", ".join(f"{n} {s}" for s, n in counts.items())
+    verdict = (f"best {best['trial']}: val {best['best_val_accuracy']:.3f} (epoch {best['best_epoch']}), "
+               f"test {best['test_accuracy_at_best']:.3f}") if best else "no trial finished"
+    print(f"grid {out}: {len(rows)} trials ({status}) in {time.time() - t0:.0f}s; {verdict}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="alexnet-tiny", description=__doc__.splitlines()[0] if __doc__ else None)
     ap.description = "AlexNet on Tiny Image10: prepare data, train, evaluate."
@@ -101,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
+    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes) or seed (the original 12 trials)")
+    p.add_argument("--config", default=None, help="TOML grid file (see grids/seed.toml); overrides --preset")
+    p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
+    p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="skip finished trials, continue unfinished ones")
+    p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="local (one trial after another) or ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_grid)
+
+    # --- report and predict (issue 4) ---
     return ap
 
 

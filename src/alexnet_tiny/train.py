@@ -153,8 +153,9 @@ def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | Non
 
 
 def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
-          device: str = "auto", resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train one configuration into the run folder `out`; returns the record saved as config.json."""
+          device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None) -> dict:
+    """Train one configuration into the run folder `out`; returns the record saved as config.json.
+    `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them)."""
     from torch.utils.tensorboard import SummaryWriter
 
     config.validate()
@@ -229,6 +230,8 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
             log(f"epoch {epoch}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
                 f"val {val.accuracy:.3f}  test {test.accuracy:.3f}  {row['epoch_seconds']:.1f}s "
                 f"({tr['images_per_second']:.0f} img/s)")
+            if callback is not None:
+                callback(row)
         final = record(runlog.STATUS_DONE)
         write_hparams(writer, config, final)
         runlog.write_config(out, final)

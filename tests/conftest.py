@@ -1,0 +1,78 @@
+"""Shared fixtures: a generated Tiny ImageNet-layout source (real JPEGs written to disk), the
+prepared datasets built from it and from the embedded archive, and a CLI runner (real subprocess)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_tiny.config import TrainConfig
+from alexnet_tiny.data import prepare
+
+# Small and fast, still real: 64x64 inputs, batch 32, two epochs.
+FAST = TrainConfig(lr=0.01, momentum=0.9, gamma=0.5, step_size=1, batch_size=32, epochs=2, image_size=64)
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200)]
+
+
+def make_source(root: Path, classes: int = 3, per_class: int = 500, val_per_class: int = 4,
+                gray_every: int = 50, seed: int = 0) -> Path:
+    """Write a Tiny ImageNet-layout folder: one colour per class plus noise, so a model can learn it;
+    every `gray_every`-th image is grayscale ("L"), as some real ones are."""
+    rng = np.random.default_rng(seed)
+    wnids = [f"n{9000000 + k:08d}" for k in range(classes)]
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("".join(f"{w}\tcolour{k}, shade {k}\n" for k, w in enumerate(wnids)))
+
+    def image(k: int, i: int) -> Image.Image:
+        base = np.array(COLOURS[k % len(COLOURS)], dtype=np.float32)
+        pixels = np.clip(base + rng.normal(0, 60, (64, 64, 3)), 0, 255).astype(np.uint8)
+        im = Image.fromarray(pixels)
+        return im.convert("L") if gray_every and i % gray_every == 0 else im
+
+    lines = []
+    for k, w in enumerate(wnids):
+        folder = root / "train" / w / "images"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            image(k, i).save(folder / f"{w}_{i}.JPEG", quality=90)
+        for i in range(val_per_class):
+            name = f"val_{k * val_per_class + i}.JPEG"
+            (root / "val" / "images").mkdir(parents=True, exist_ok=True)
+            image(k, i + 1).save(root / "val" / "images" / name, quality=90)
+            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> Path:
+    return make_source(tmp_path_factory.mktemp("src") / "tiny-imagenet-200")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_source, tmp_path_factory) -> Path:
+    """Prepared 3-class dataset (1,200 train / 150 val / 150 test / 12 official-val images)."""
+    return prepare(tmp_path_factory.mktemp("data") / "tiny3", source=tiny_source, classes=3, progress=False)
+
+
+@pytest.fixture(scope="session")
+def embedded_data(tmp_path_factory) -> Path:
+    """The embedded Tiny Image10 archive, prepared (real images)."""
+    return prepare(tmp_path_factory.mktemp("data") / "tiny-image10", progress=False)
+
+
+def run_cli(*args, cwd=None, timeout=600, check=False, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m alexnet_tiny ARGS` as a real subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "alexnet_tiny", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
