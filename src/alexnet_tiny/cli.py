@@ -18,13 +18,19 @@ def log(msg: str) -> None:
 
 def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--lr, --momentum, ..., --step-size); None = from the preset."""
-    helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs"}
+    helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs",
+             "weight_decay": "on conv and linear weights, not biases", "schedule": "step or cosine",
+             "warmup_epochs": "linear warmup epochs (cosine schedule)", "augment": "crop or rrc (random resized crop)",
+             "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)"}
+    kinds = {"float": float, "int": int, "str": str}
     for name in HYPERPARAMETERS:
-        kind = float if TYPES[name] == "float" else int
         flag = "--" + name.replace("_", "-")
         extra = ["-b"] if name == "batch_size" else []
-        p.add_argument(*extra, flag, type=kind, default=None, help=helps.get(name))
-    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study) or quick (CPU minutes)")
+        if TYPES[name] == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
+        else:
+            p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=helps.get(name))
+    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study), quick (CPU minutes) or recipe (modern training)")
 
 
 def config_from_args(args):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,12 +43,34 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    """SGD with momentum; weight decay on conv and linear weights only (biases are not decayed)."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    biases = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": weights, "weight_decay": config.weight_decay}, {"params": biases, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def lr_factor(config: TrainConfig, epoch_index: int) -> float:
+    """Cosine schedule: linear warmup to lr over warmup_epochs, then cosine to zero at the last epoch."""
+    if epoch_index < config.warmup_epochs:
+        return (epoch_index + 1) / (config.warmup_epochs + 1)
+    span = max(1, config.epochs - config.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * (epoch_index - config.warmup_epochs) / span))
 
 
 def make_scheduler(optimizer, config: TrainConfig):
+    """Stepped once per epoch. `step` is the original study's StepLR(step_size, gamma)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config))
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+
+
+def mixup_weights(config: TrainConfig, generator: torch.Generator, n_batches: int) -> list[float]:
+    """One Beta(alpha, alpha) mixing weight per batch (1.0 everywhere when mixup is off)."""
+    if config.mixup <= 0:
+        return [1.0] * n_batches
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    return rng.beta(config.mixup, config.mixup, n_batches).tolist()
 
 
 # ----------------------------------------------------------------------------- epochs
@@ -62,13 +86,19 @@ def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device,
     correct = torch.zeros((), device=device, dtype=torch.int64)
     start = time.perf_counter()
     batches = range(0, len(split), config.batch_size)
+    mix = mixup_weights(config, generator, len(batches))
     bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
-    for i in bar:
+    for step, i in enumerate(bar):
         idx = order[i:i + config.batch_size].to(device)
-        x = train_batch(images[idx], config.image_size, generator)
+        x = train_batch(images[idx], config.image_size, generator, config.augment, config.crop_scale)
         y = labels[idx]
+        lam = mix[step]
+        if lam < 1.0:  # mixup with the batch reversed
+            x = lam * x + (1 - lam) * x.flip(0)
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(out, y.flip(0), label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -11,6 +11,8 @@ intermediate is ever built and per-image crops cost nothing extra.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,20 +31,28 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
+def sample_boxes(images: torch.Tensor, size: int, centres: torch.Tensor, extents: torch.Tensor,
+                 flips: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample a size x size view of each image: the box with centre `centres` (B, 2: x, y)
+    and half-extent `extents` (B, 2) in normalised [-1, 1] image coordinates, mirrored where `flips`.
+    Returns normalised float (B, 3, size, size)."""
+    b = images.shape[0]
+    x = normalize(images)
+    centres, extents = centres.to(x.device, x.dtype), extents.to(x.device, x.dtype)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flips.to(x.device), -extents[:, 0], extents[:, 0])
+    theta[:, 1, 1] = extents[:, 1]
+    theta[:, :, 2] = centres
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def crop_resize(images: torch.Tensor, size: int, offsets: torch.Tensor, flips: torch.Tensor,
                 resize: int) -> torch.Tensor:
     """Resize each image to resize x resize, crop size x size at `offsets` (B, 2: x, y, in resized
-    pixels), mirror where `flips`; returns normalised float (B, 3, size, size)."""
-    b = images.shape[0]
-    x = normalize(images)
-    scale = size / resize
-    offsets = offsets.to(x.device, x.dtype)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flips.to(x.device), -scale, scale)
-    theta[:, 1, 1] = scale
-    theta[:, :, 2] = (size + 2 * offsets) / resize - 1
-    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    pixels), mirror where `flips`."""
+    extents = torch.full_like(offsets, size / resize)
+    return sample_boxes(images, size, (size + 2 * offsets) / resize - 1, extents, flips)
 
 
 def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -52,10 +62,27 @@ def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return crop_resize(images, image_size, offsets, torch.zeros(b, dtype=torch.bool), resize)
 
 
-def train_batch(images: torch.Tensor, image_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop and flip; the random draws come from `generator` (CPU) so runs are reproducible."""
-    resize = resize_size(image_size)
+def train_batch(images: torch.Tensor, image_size: int, generator: torch.Generator, augment: str = "crop",
+                crop_scale: float = 0.25) -> torch.Tensor:
+    """Random crop and flip; the random draws come from `generator` (CPU) so runs are reproducible.
+    augment="crop": the seed's resize + random crop; "rrc": random resized crop (area in
+    [crop_scale, 1], aspect ratio in [3/4, 4/3], as torchvision's RandomResizedCrop) resized to image_size."""
     b = images.shape[0]
+    if augment == "rrc":
+        return sample_boxes(images, image_size, *random_resized_boxes(b, crop_scale, generator),
+                            torch.rand(b, generator=generator) < 0.5)
+    resize = resize_size(image_size)
     offsets = torch.randint(0, resize - image_size + 1, (b, 2), generator=generator).float()
     flips = torch.rand(b, generator=generator) < 0.5
     return crop_resize(images, image_size, offsets, flips, resize)
+
+
+def random_resized_boxes(b: int, min_area: float, generator: torch.Generator):
+    """Centres and half-extents (normalised coordinates) of random boxes of area fraction
+    U(min_area, 1) and log-uniform aspect ratio in [3/4, 4/3], clamped to the image."""
+    area = min_area + (1 - min_area) * torch.rand(b, generator=generator)
+    log_ratio = math.log(3 / 4) + math.log(16 / 9) * torch.rand(b, generator=generator)
+    ratio = torch.exp(log_ratio)
+    extents = torch.stack([torch.sqrt(area * ratio), torch.sqrt(area / ratio)], 1).clamp(max=1.0)
+    centres = (2 * torch.rand(b, 2, generator=generator) - 1) * (1 - extents)
+    return centres, extents
