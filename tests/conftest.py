@@ -3,6 +3,7 @@ prepared datasets built from it and from the embedded archive, and a CLI runner 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from alexnet_tiny.config import TrainConfig
-from alexnet_tiny.data import prepare
+from alexnet_tiny.data import OFFICIAL_VAL, load_dataset, prepare, read_meta, write_json
 
 # Small and fast, still real: 64x64 inputs, batch 32, two epochs.
 FAST = TrainConfig(lr=0.01, momentum=0.9, gamma=0.5, step_size=1, batch_size=32, epochs=2, image_size=64)
@@ -66,6 +67,26 @@ def tiny_data(tiny_source, tmp_path_factory) -> Path:
 def embedded_data(tmp_path_factory) -> Path:
     """The embedded Tiny Image10 archive, prepared (real images)."""
     return prepare(tmp_path_factory.mktemp("data") / "tiny-image10", progress=False)
+
+
+SMALL_PER_CLASS = {"train": 64, "val": 20, "test": 20, OFFICIAL_VAL: 2}
+
+
+@pytest.fixture(scope="session")
+def small_data(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data cut to 64 train / 20 val / 20 test / 2 official-val images per class, for tests that
+    train several times (resume, grids): a real prepared folder whose cache is rebuilt from what is left."""
+    root = tmp_path_factory.mktemp("data") / "small3"
+    shutil.copytree(tiny_data, root)
+    for split, keep in SMALL_PER_CLASS.items():
+        for folder in (root / split).iterdir():
+            for path in sorted(folder.iterdir())[keep:]:
+                path.unlink()
+    meta = read_meta(root)
+    counts = {split: keep * len(meta["wnids"]) for split, keep in SMALL_PER_CLASS.items()}
+    write_json(root / "dataset.json", {**meta, "counts": counts})
+    load_dataset(root, progress=False)  # rebuild the decoded cache once, here
+    return root
 
 
 def run_cli(*args, cwd=None, timeout=600, check=False, env=None) -> subprocess.CompletedProcess:

@@ -56,10 +56,10 @@ def cmd_train(args) -> int:
     rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
                 progress=not args.quiet, log=log)
     out = args.out or f"runs/{config.name()}"
-    best = rec["best_val_accuracy"]
-    test = rec["test_accuracy_at_best"]
-    print(f"{rec['status']}: {out}  best val {best:.3f} at epoch {rec['best_epoch']}, test {test if test is None else f'{test:.3f}'}"
-          f"  ({rec['epochs_done']} epochs, {rec['seconds']:.0f}s on {rec['device']})")
+    best, test = rec["best_val_accuracy"], rec["test_accuracy_at_best"]
+    verdict = (f"best val {best:.3f} at epoch {rec['best_epoch']}, test {test:.3f}" if best is not None
+               else "no epoch finished")
+    print(f"{rec['status']}: {out}  {verdict}  ({rec['epochs_done']} epochs, {rec['seconds']:.0f}s on {rec['device']})")
     return 0 if rec["status"] != "failed" else 1
 
 
@@ -94,6 +94,28 @@ def cmd_grid(args) -> int:
                f"test {best['test_accuracy_at_best']:.3f}") if best else "no trial finished"
     print(f"grid {out}: {len(rows)} trials ({status}) in {time.time() - t0:.0f}s; {verdict}")
     return 0
+
+
+def cmd_report(args) -> int:
+    from .report import summary_line, write_report
+    out = write_report(args.runs_dir, out=args.out, progress=not args.quiet, log=log, data=args.data,
+                       samples=args.samples, seed=args.seed, device=args.device)
+    print(summary_line(out))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import format_result, predict
+    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    for r in results:
+        if "error" in r:
+            print(f"alexnet-tiny predict: error: {r['error']}", file=sys.stderr)
+    good = [r for r in results if "error" not in r]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif good:
+        print("\n".join(format_result(r) for r in good))
+    return 1 if len(good) < len(results) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grid)
 
     # --- report and predict (issue 4) ---
+    p = sub.add_parser("report", help="results table, learning curves, per-class accuracy, samples and index.html")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="a grid folder (from `grid`) or a run folder (from `train`)")
+    p.add_argument("--out", metavar="DIR", default=None, help="report folder (default RUNS_DIR/report)")
+    p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the best trial)")
+    p.add_argument("--samples", type=int, default=24, help="sample test images shown with predictions (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="which sample images (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="top-k classes of new images with a checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt or last.pt of a run")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...; any size and mode)")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_predict)
     return ap
 
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import zipfile
@@ -220,13 +221,14 @@ def prepare(out: Path | str = DEFAULT_DATA_DIR, source: Path | str | None = None
     chosen = choose_wnids(read_wnids(src), classes, wnids, where=str(src.path))
     identity = {"format": FORMAT_VERSION, "source_sha256": src.sha256, "wnids": chosen, "seed": seed,
                 "split_sizes": SPLIT_SIZES}
-    if out.exists():
+    if out.exists() and any(out.iterdir()):  # an empty folder is as good as none
         existing = read_meta(out) if (out / "dataset.json").exists() else None
         if existing is not None and all(existing.get(k) == v for k, v in identity.items()):
             return out
         raise UserError(f"{out}: already exists with different contents (other source, classes or seed); "
                         f"choose another --out or remove it")
-    items = plan_split(src, chosen, seed)
+    # in path order, the order a rebuilt cache has: the same data whether or not the cache was rebuilt
+    items = sorted(plan_split(src, chosen, seed), key=lambda i: PurePosixPath(i.target))
     names = class_names(src, chosen)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -241,6 +243,8 @@ def prepare(out: Path | str = DEFAULT_DATA_DIR, source: Path | str | None = None
                               [labels[i.wnid] for i in items if i.split == s],
                               [i.target for i in items if i.split == s]) for s in SPLITS})
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -344,7 +348,7 @@ def load_dataset(root: Path | str = DEFAULT_DATA_DIR, progress: bool = True) -> 
 def _load_cache(path: Path):
     try:
         return torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile):
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
         return None  # missing or damaged: rebuilt from the folder
 
 

@@ -50,11 +50,18 @@ def load_grid_toml(path: Path | str) -> dict:
 
 
 def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
-    """The product of the grid's value lists, on top of its `preset`, in a stable order."""
+    """The product of the grid's value lists, on top of its `preset`, in a stable order.
+
+    Optional `variant` tables (TOML `[[variant]]`) are alternative sets of overrides, each crossed
+    with the product: an ablation is a list of variants crossed with a list of seeds."""
     grid = dict(grid)
     base_name = grid.pop("preset", "seed")
-    if base_name not in PRESETS:
+    if not isinstance(base_name, str) or base_name not in PRESETS:
         raise UserError(f"{where}: preset = {base_name!r}: expected one of {', '.join(PRESETS)}")
+    variants = grid.pop("variant", [{}])
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+        raise UserError(f"{where}: variant must be a non-empty list of tables ([[variant]])")
+    variants = [coerce(v, f"{where} [[variant]]") for v in variants]
     lists = {}
     for key, values in grid.items():
         values = values if isinstance(values, list) else [values]
@@ -62,8 +69,11 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
             raise UserError(f"{where}: {key} is an empty list (expected at least one value)")
         lists[key] = [coerce({key: v}, where)[key] for v in values]
     keys = [k for k in HYPERPARAMETERS if k in lists]
-    trials = [PRESETS[base_name].replace(**dict(zip(keys, combo))).validate()
-              for combo in itertools.product(*(lists[k] for k in keys))]
+    try:
+        trials = [PRESETS[base_name].replace(**{**variant, **dict(zip(keys, combo))}).validate()
+                  for variant in variants for combo in itertools.product(*(lists[k] for k in keys))]
+    except UserError as e:  # a value out of range: say which file it came from
+        raise UserError(f"{where}: {e}") from None
     names = [t.name() for t in trials]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -159,15 +169,16 @@ def _cell(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else format(v, "g") if isinstance(v, float) else str(v)
 
 
-def write_results(out: Path, rows: list[dict]) -> None:
+def write_results(out: Path, rows: list[dict], columns: list[str] = RESULT_COLUMNS, best: dict | None = None) -> None:
+    """results.csv and results.md (best trial marked); the report writes its own table through here too."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     with atomic_path(out / RESULTS_CSV) as tmp:
         tmp.write_text(buf.getvalue())
-    best = best_row(rows)
-    cols = [c for c in RESULT_COLUMNS if c != "trial"]
+    best = best or best_row(rows)
+    cols = [c for c in columns if c not in ("trial", "best")]
     lines = ["| best | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for r in rows:
         mark = "**best**" if best is not None and r["trial"] == best["trial"] else ""
@@ -203,12 +214,18 @@ def run_trial(config: TrainConfig, dataset: Dataset | Path | str, out: Path, dev
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
-        reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-        rec = runlog.read_config(run) or {"config": config.to_dict(), "name": config.name()}
-        rec.update(status=runlog.STATUS_FAILED, reason=reason)
-        runlog.write_config(run, rec)
+        reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         log(f"trial {config.name()} failed: {reason}")
-        return rec
+        return record_failure(config, out, reason)
+
+
+def record_failure(config: TrainConfig, out: Path, reason: str) -> dict:
+    """Mark a trial's run folder failed (also used by the Ray backend when a worker dies)."""
+    run = out / config.name()
+    rec = runlog.read_config(run) or {"config": config.to_dict(), "name": config.name()}
+    rec.update(status=runlog.STATUS_FAILED, reason=reason[:300])
+    runlog.write_config(run, rec)
+    return rec
 
 
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
@@ -216,6 +233,8 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
              estimate: bool = True) -> list[dict]:
     """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md."""
     out = Path(out)
+    if backend == "ray":
+        from .ray_backend import run_trials_on_ray  # a missing Ray stops here, before any work
     _check_grid_folder(out, trials, resume)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +252,6 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     else:
         log(f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)")
     if backend == "ray":
-        from .ray_backend import run_trials_on_ray
         run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log)
     elif backend == "local":
         bar = progress_bar(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",

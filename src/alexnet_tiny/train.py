@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import runlog
+from .allocator import retained_heap
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, Split, atomic_torch_save, ensure_dataset
@@ -47,7 +48,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     weights = [p for p in model.parameters() if p.ndim > 1]
     biases = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": weights, "weight_decay": config.weight_decay}, {"params": biases, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    # fused: one pass over weights, gradients and momenta per step instead of PyTorch's CPU default,
+    # a loop of three passes per tensor (57M weights: ~7% of a batch-12 step); equal up to rounding
+    fused = weights[0].device.type in ("cpu", "cuda")
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused)
 
 
 def lr_factor(config: TrainConfig, epoch_index: int) -> float:
@@ -75,9 +79,13 @@ def mixup_weights(config: TrainConfig, generator: torch.Generator, n_batches: in
 
 # ----------------------------------------------------------------------------- epochs
 
+@retained_heap()  # CPU: the fresh gradients of every step reuse freed memory instead of faulting
 def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device, epoch: int,
                     progress: bool = True) -> dict:
     model.train()
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:  # oneDNN's convolutions are faster on NHWC weights (~12% of a 224 px step)
+        model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
     images, labels = split.images.to(device), split.labels.to(device)
@@ -104,6 +112,8 @@ def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device,
         optimizer.step()
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
+    if on_cpu:  # evaluation and checkpoints see the usual layout
+        model.to(memory_format=torch.contiguous_format)
     n = len(split)
     loss_value = loss_sum.item() / n  # one device sync per epoch
     seconds = time.perf_counter() - start
@@ -161,7 +171,8 @@ def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best:
         "config": config.to_dict(), "name": config.name(), "device": str(device), "status": status,
         "dataset": {"root": str(dataset.root), "wnids": dataset.wnids, "names": dataset.names,
                     "source_sha256": dataset.meta.get("source_sha256"), "seed": dataset.meta.get("seed")},
-        "epochs_done": epochs_done, "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
+        "epochs_done": epochs_done,  # the best values are None until an epoch finished
+        "best_val_accuracy": best["val_accuracy"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
         "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
         "seconds": round(seconds, 2),
     }
@@ -217,11 +228,13 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
         log(f"resuming {out} at epoch {start_epoch}/{config.epochs}")
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp-*"):  # a checkpoint half-written when a previous run was killed
+        stale.unlink()
     record = lambda status, reason=None: run_record(config, dataset, dev, status, best, start_epoch - 1,
                                                     final_train_loss, elapsed, reason)
     runlog.write_config(out, record(runlog.STATUS_RUNNING))
-    # purge_step drops any scalars an interrupted run wrote past its last checkpoint
-    writer = SummaryWriter(str(out), purge_step=start_epoch if start_epoch > 1 else None)
+    # purge_step drops any scalars an interrupted run wrote past its last checkpoint (even if it has none)
+    writer = SummaryWriter(str(out), purge_step=start_epoch if previous is not None else None)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             t0 = time.perf_counter()
@@ -230,6 +243,7 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
             if not math.isfinite(tr["loss"]):
                 reason = f"train loss became {tr['loss']} at epoch {epoch}"
                 runlog.append_metrics(out, {"epoch": epoch, "status": runlog.STATUS_DIVERGED, "reason": reason})
+                elapsed += time.perf_counter() - t0
                 final = record(runlog.STATUS_DIVERGED, reason)
                 runlog.write_config(out, final)
                 log(f"diverged: {reason}")

@@ -58,7 +58,7 @@ def crop_resize(images: torch.Tensor, size: int, offsets: torch.Tensor, flips: t
 def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     resize = resize_size(image_size)
     b = images.shape[0]
-    offsets = torch.full((b, 2), (resize - image_size) / 2)
+    offsets = torch.full((b, 2), float(round((resize - image_size) / 2)))  # whole pixels, as torchvision's CenterCrop
     return crop_resize(images, image_size, offsets, torch.zeros(b, dtype=torch.bool), resize)
 
 

@@ -1,0 +1,102 @@
+"""Classify new pictures with a saved checkpoint.
+
+A photo of any size, format and mode is brought to what the model was trained on: upright (EXIF
+orientation), RGB (transparency flattened onto white), centre-cropped to a square and resized to
+64 x 64, the native size of the training images in the decoded cache. The checkpoint's own eval
+preprocessing (resize and centre crop to its image_size, normalisation) then runs on that.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import CACHE_SIZE
+from .errors import UserError
+
+# Far above any camera's default output; decompression bombs declare far more than this.
+MAX_PIXELS = 50_000_000
+
+
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """An image file -> uint8 (3, 64, 64): upright, RGB, centre square, resized like the cache."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise UserError(f"{path}: refused, {width} x {height} is over the limit of {max_pixels:,} "
+                                    f"pixels (a decompression bomb? downscale real photos first)")
+                im.load()
+                rgb = to_rgb(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: refused, over the limit of {max_pixels:,} pixels (a decompression bomb?)") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image file (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({str(e).strip() or e.__class__.__name__})") from None
+    return torch.from_numpy(np.asarray(centre_square(rgb), dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def centre_square(im: Image.Image, size: int = CACHE_SIZE) -> Image.Image:
+    """The largest centred square, resized to size x size (bilinear, as the decoded cache)."""
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = im.crop((left, top, left + side, top + side))
+    return square if side == size else square.resize((size, size), Image.BILINEAR)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> RGB; transparent pixels become white rather than whatever colour they hide."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, device: str = "auto") -> list[dict]:
+    """One result per image, in order: {"image", "top": [{"class", "wnid", "probability"}]} or
+    {"image", "error"} for a file that could not be read. A bad checkpoint raises UserError."""
+    from .train import predict_logits, resolve_device
+    if topk < 1:
+        raise UserError(f"--topk {topk}: expected 1 or more")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, dev)
+    names, wnids = ckpt["classes"]["names"], ckpt["classes"]["wnids"]
+    results, loaded = [], []
+    for path in images:
+        try:
+            loaded.append(load_image(path))
+            results.append({"image": str(path)})
+        except UserError as e:
+            results.append({"image": str(path), "error": str(e)})
+    if not loaded:
+        return results
+    logits = predict_logits(model, torch.stack(loaded), ckpt["preprocessing"]["image_size"], dev).cpu()
+    probs, indices = logits.softmax(1).topk(min(topk, len(names)), dim=1)
+    good = iter(zip(probs.tolist(), indices.tolist()))
+    for result in results:
+        if "error" not in result:
+            ps, ks = next(good)
+            result["top"] = [{"class": names[k], "wnid": wnids[k], "probability": p} for p, k in zip(ps, ks)]
+    return results
+
+
+def format_result(result: dict) -> str:
+    lines = [result["image"]]
+    width = max(len(t["class"]) for t in result["top"])
+    lines += [f"  {t['probability']:6.1%}  {t['class']:<{width}}  {t['wnid']}" for t in result["top"]]
+    return "\n".join(lines)

@@ -1,0 +1,411 @@
+"""The study's report, from what training wrote: TensorBoard scalars, config.json and best.pt.
+
+    <out>/index.html              the page: summary, table, hyperparameters, every figure (relative links)
+    <out>/results.md, .csv        one row per trial, the best (by validation accuracy) marked
+    <out>/results_table.png       the same table as an image
+    <out>/learning_curves.png     train/val loss and accuracy per epoch, every trial, best highlighted
+    <out>/per_class_accuracy.png  the best trial's test accuracy per class, sorted
+    <out>/confusion_matrix.png    the best trial's test confusion matrix
+    <out>/sample_predictions.png  test images captioned "predicted / true", green right, red wrong
+    <out>/report.json             all of the above as data, and what was missing
+
+Metrics come from the event files (tags from runlog.TAGS), never from metrics.jsonl, so the report
+shows what TensorBoard shows. The best trial's checkpoint is evaluated again on the test split (for
+per-class accuracy, confusion and samples) and on official-val, which no trial ever saw.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import figures, runlog
+from .config import HYPERPARAMETERS
+from .data import OFFICIAL_VAL, atomic_path, load_dataset, write_json
+from .errors import UserError
+from .grid import GRID_FILE, best_row, write_results
+
+REPORT_DIR = "report"
+REPORT_JSON = "report.json"
+FIGURES = {"table": "results_table.png", "curves": "learning_curves.png", "per_class": "per_class_accuracy.png",
+           "confusion": "confusion_matrix.png", "samples": "sample_predictions.png"}
+METRIC_COLUMNS = ["epochs_done", "best_val_accuracy", "best_epoch", "test_accuracy_at_best", "final_train_loss",
+                  "seconds", "status"]
+COLUMNS = ["best", "trial", *HYPERPARAMETERS, *METRIC_COLUMNS]
+HEADINGS = {"best_val_accuracy": "best val acc", "best_epoch": "best epoch", "test_accuracy_at_best": "test acc at best",
+            "final_train_loss": "final train loss", "epochs_done": "epochs done"}
+FOUR_DIGITS = ("best_val_accuracy", "test_accuracy_at_best", "final_train_loss")
+
+
+@dataclass
+class Trial:
+    name: str
+    path: Path
+    planned: dict | None = None  # its hyperparameters in grid.json, for a trial not started yet
+    record: dict | None = None  # config.json
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metrics key -> [(epoch, value)]
+
+    @property
+    def hyperparameters(self) -> dict:
+        return (self.record or {}).get("config") or self.planned or {}
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+def find_trials(runs_dir: Path) -> list[Trial]:
+    """The trials of a grid (in grid.json order when there is one), or the folder itself when it is
+    a single run."""
+    if (runs_dir / runlog.CONFIG_FILE).exists() or _event_files(runs_dir):
+        return [Trial(runs_dir.name, runs_dir)]
+    grid_file = runs_dir / GRID_FILE
+    if grid_file.exists():
+        try:
+            return [Trial(t["name"], runs_dir / t["name"], planned=t.get("config"))
+                    for t in json.loads(grid_file.read_text())["trials"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{grid_file}: not a grid description ({e.__class__.__name__}: {e})") from None
+    return [Trial(p.name, p) for p in sorted(runs_dir.iterdir())
+            if p.is_dir() and ((p / runlog.CONFIG_FILE).exists() or _event_files(p))]
+
+
+def _event_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("events.out.tfevents.*"))
+
+
+def load_trial(trial: Trial, missing: list[str]) -> Trial:
+    """Fill in the trial's config.json and TensorBoard scalars; note what is missing."""
+    path = trial.path
+    if not path.is_dir():
+        missing.append(f"trial {path.name}: not started (no run folder)")
+        return trial
+    try:
+        trial.record = runlog.read_config(path)
+        if trial.record is None:
+            missing.append(f"trial {path.name}: no {runlog.CONFIG_FILE} (hyperparameters unknown)")
+    except UserError as e:
+        missing.append(f"trial {path.name}: {e}")
+    if not _event_files(path):
+        missing.append(f"trial {path.name}: no TensorBoard event file (no metrics or curves)")
+        return trial
+    by_tag = runlog.read_scalars(path)
+    # keep the last value logged for each epoch
+    trial.scalars = {key: sorted(dict(by_tag[tag]).items()) for key, tag in runlog.TAGS.items() if tag in by_tag}
+    if not trial.scalars:
+        missing.append(f"trial {path.name}: its event files hold no scalars")
+    return trial
+
+
+def trial_row(trial: Trial) -> dict:
+    """One table row: hyperparameters from config.json, metrics from the TensorBoard scalars."""
+    row = {"best": "", "trial": trial.name, **{h: trial.hyperparameters.get(h) for h in HYPERPARAMETERS}}
+    row.update(dict.fromkeys(METRIC_COLUMNS))
+    row["status"] = (trial.record or {}).get("status", "pending" if not trial.path.is_dir() else "unknown")
+    val = trial.scalars.get("val_accuracy", [])
+    if val:
+        best_epoch, best_val = max(val, key=lambda p: p[1])  # the first epoch reaching the maximum
+        row.update(best_val_accuracy=best_val, best_epoch=best_epoch,
+                   test_accuracy_at_best=dict(trial.scalars.get("test_accuracy", [])).get(best_epoch))
+    if trial.scalars.get("train_loss"):
+        row["epochs_done"] = len(trial.scalars["train_loss"])
+        row["final_train_loss"] = trial.scalars["train_loss"][-1][1]
+    if trial.scalars.get("epoch_seconds"):
+        row["seconds"] = round(sum(v for _, v in trial.scalars["epoch_seconds"]), 1)
+    return row
+
+
+def choose_best(rows: list[dict], missing: list[str]) -> dict | None:
+    """The best trial by validation accuracy alone (never test), as grid.best_row chooses it; when no
+    trial has finished, the best unfinished one, said so."""
+    best = best_row(rows)
+    if best is None:
+        best = max((r for r in rows if r["best_val_accuracy"] is not None),
+                   key=lambda r: r["best_val_accuracy"], default=None)
+        if best is not None:
+            missing.append(f"no trial finished: showing the best unfinished trial, {best['trial']} ({best['status']})")
+    return best
+
+
+def varying_hyperparameters(configs: list[dict]) -> list[str]:
+    """The hyperparameters that differ between the trials whose configuration is known."""
+    known = [c for c in configs if c]
+    return [h for h in HYPERPARAMETERS if len({repr(c.get(h)) for c in known}) > 1]
+
+
+def trial_labels(trials: list[Trial]) -> dict[str, str]:
+    """Short labels from the hyperparameters that differ between trials ("lr=0.01, momentum=0.9")."""
+    varying = varying_hyperparameters([t.hyperparameters for t in trials])
+    labels = {}
+    for t in trials:
+        parts = [f"{h}={format_value(t.hyperparameters.get(h))}" for h in varying]
+        labels[t.name] = ", ".join(parts) if parts and t.hyperparameters else t.name
+    return labels
+
+
+def format_value(v, key: str | None = None) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if key in FOUR_DIGITS else format(v, "g")
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- the best checkpoint
+
+def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, progress: bool,
+                  missing: list[str]) -> dict | None:
+    """Test and official-val evaluation of the trial's best.pt, and a seeded sample of test images."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .train import evaluate, predict_logits, resolve_device
+
+    path = trial.path / runlog.BEST_CKPT
+    if not path.exists():
+        missing.append(f"trial {trial.name}: no {runlog.BEST_CKPT} (no per-class accuracy, confusion matrix, "
+                       f"samples or official-val accuracy)")
+        return None
+    root = Path(data) if data is not None else Path((trial.record or {}).get("dataset", {}).get("root", ""))
+    if not (root / "dataset.json").exists():
+        missing.append(f"dataset {root}: not found (recorded in {trial.path / runlog.CONFIG_FILE}); "
+                       f"pass --data to evaluate the best checkpoint")
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+        dataset = load_dataset(root, progress=progress)
+        if dataset.wnids != ckpt["classes"]["wnids"]:
+            raise UserError(f"{root}: its classes differ from those {path} was trained on")
+        dev = resolve_device(device)
+        model = model_from_checkpoint(ckpt, dev)
+    except UserError as e:
+        missing.append(str(e))
+        return None
+    size = ckpt["preprocessing"]["image_size"]
+    test_split = dataset.splits["test"]
+    test = evaluate(model, test_split, size, dev, dataset.num_classes)
+    result = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": str(root), "names": dataset.names,
+              "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
+                       "per_class": [{"name": n, "wnid": w, "accuracy": a, "images": int(c)} for n, w, a, c in
+                                     zip(dataset.names, dataset.wnids, test.per_class_accuracy,
+                                         test.confusion.sum(1).tolist())],
+                       "confusion": test.confusion.tolist()},
+              "official_val": None, "samples": []}
+    official = dataset.splits[OFFICIAL_VAL]
+    if len(official):
+        ev = evaluate(model, official, size, dev, dataset.num_classes)
+        result["official_val"] = {"images": len(official), "loss": ev.loss, "accuracy": ev.accuracy}
+    else:
+        missing.append(f"dataset {root}: no {OFFICIAL_VAL} images (the source had no val/val_annotations.txt)")
+    chosen = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed))[:samples]
+    if len(chosen):
+        predicted = predict_logits(model, test_split.images[chosen], size, dev).argmax(1).cpu()
+        result["samples"] = [{"file": test_split.files[i], "true": int(test_split.labels[i]), "predicted": int(p)}
+                             for i, p in zip(chosen.tolist(), predicted.tolist())]
+        result["sample_images"] = test_split.images[chosen].numpy()
+    return result
+
+
+# ----------------------------------------------------------------------------- writing
+
+def table_view(rows: list[dict], trials: list[Trial]) -> tuple[list[str], list[list[str]], dict]:
+    """(header, cells, fixed hyperparameters) for the PNG and HTML tables: hyperparameters that vary
+    get a column, those shared by all trials are listed once instead."""
+    configs = [t.hyperparameters for t in trials]
+    varying = varying_hyperparameters(configs)
+    known = next((c for c in configs if c), {})
+    fixed = {h: known[h] for h in HYPERPARAMETERS if h not in varying and h in known}
+    columns = ["best", *varying, *METRIC_COLUMNS] if varying else ["best", "trial", *METRIC_COLUMNS]
+    header = [HEADINGS.get(c, c) if c != "best" else "" for c in columns]
+    cells = [[("★" if r["best"] else "") if c == "best" else format_value(r[c], c) for c in columns] for r in rows]
+    return header, cells, fixed
+
+
+def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | None, evaluation: dict | None,
+                 runs_name: str) -> dict[str, str]:
+    """Every figure that the data allows; returns {figure key: file name}. Stale ones are removed."""
+    for name in FIGURES.values():
+        (out / name).unlink(missing_ok=True)
+    made = {}
+    header, cells, fixed = table_view(rows, trials)
+    best_index = next((i for i, r in enumerate(rows) if r["best"]), None)
+    fixed_text = ", ".join(f"{k}={format_value(v)}" for k, v in fixed.items())
+    subtitle = textwrap.fill(f"all trials: {fixed_text}", 120) if fixed_text else ""
+    made["table"] = figures.results_table(header, cells, best_index, f"Results: {runs_name}", subtitle,
+                                          out / FIGURES["table"]).name
+    labels = trial_labels(trials)
+    curves = {labels[t.name]: t.scalars for t in trials if t.scalars}
+    if curves:
+        made["curves"] = figures.learning_curves(curves, labels[best["trial"]] if best else None,
+                                                 out / FIGURES["curves"]).name
+    if evaluation is not None:
+        label = labels[best["trial"]]
+        test = evaluation["test"]
+        made["per_class"] = figures.per_class_accuracy(
+            [c["name"] for c in test["per_class"]], [c["accuracy"] for c in test["per_class"]],
+            [c["images"] for c in test["per_class"]], test["accuracy"],
+            f"Per-class test accuracy, best trial\n{textwrap.fill(label, 80)}", out / FIGURES["per_class"]).name
+        made["confusion"] = figures.confusion_matrix(
+            test["confusion"], evaluation["names"], f"Test confusion matrix, best trial\n{textwrap.fill(label, 70)}",
+            out / FIGURES["confusion"]).name
+        if evaluation["samples"]:
+            names = evaluation["names"]
+            made["samples"] = figures.sample_predictions(
+                evaluation["sample_images"], [names[s["predicted"]] for s in evaluation["samples"]],
+                [names[s["true"]] for s in evaluation["samples"]], "Sample test images, best trial",
+                out / FIGURES["samples"]).name
+    return made
+
+
+PAGE_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:24px;
+color:#1f2328;line-height:1.45}
+h1{margin-bottom:4px}h2{margin-top:36px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.sub{color:#57606a;margin-top:0}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:10px 16px;min-width:150px}
+.card b{display:block;font-size:1.6em}
+.missing{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:8px 16px}
+table{border-collapse:collapse;font-size:14px}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
+th{background:#f6f8fa}td.l,th.l{text-align:left}tr.best td{background:#fff1c2;font-weight:bold}
+.scroll{overflow-x:auto}img{max-width:100%;height:auto;border:1px solid #eaeef2;margin:8px 0}
+code{background:#f6f8fa;padding:1px 4px;border-radius:4px}
+"""
+
+
+def _table_html(header: list[str], cells: list[list[str]], best_index: int | None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(f"<tr{' class=best' if i == best_index else ''}>" +
+                   "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(cells))
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _hyperparameter_table(trials: list[Trial], best: dict | None) -> str:
+    """One row per hyperparameter: the best trial's value, and the values across all trials."""
+    configs = [t.hyperparameters for t in trials if t.hyperparameters]
+    if not configs:
+        return "<p><i>No trial's hyperparameters are known.</i></p>"
+    chosen = next((t for t in trials if best and t.name == best["trial"]), None)
+    rows = []
+    for h in HYPERPARAMETERS:
+        values = list(dict.fromkeys(format_value(c.get(h)) for c in configs))
+        across = "same in every trial" if len(values) == 1 else ", ".join(values)
+        mine = format_value(chosen.hyperparameters.get(h)) if chosen else ""
+        rows.append(f'<tr><th class="l">{html.escape(h)}</th><td>{html.escape(mine)}</td>'
+                    f'<td class="l">{html.escape(across)}</td></tr>')
+    record = (chosen.record if chosen else None) or {}
+    where = (f'<p class="sub">Best trial trained on {html.escape(str(record.get("device")))} with the dataset '
+             f'<code>{html.escape(str(record.get("dataset", {}).get("root")))}</code>.</p>' if record else "")
+    return ("<table><tr><th class=l>hyperparameter</th><th>best trial</th><th class=l>all trials</th></tr>"
+            + "".join(rows) + "</table>" + where)
+
+
+def _figure(made: dict, key: str, alt: str, caption: str) -> str:
+    if key not in made:
+        return f"<p><i>{html.escape(alt)}: not available (see “Missing” above).</i></p>"
+    return f'<img src="{html.escape(made[key])}" alt="{html.escape(alt)}"><p class="sub">{html.escape(caption)}</p>'
+
+
+def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict) -> str:
+    e = html.escape
+    best, ev = report["best"], report["evaluation"]
+    header, cells, _ = table_view(rows, trials)
+    best_index = next((i for i, r in enumerate(rows) if r["best"]), None)
+    pct = lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+    cards = [("trials", str(len(rows)))]
+    if best:
+        cards += [("best val accuracy", f"{pct(best['best_val_accuracy'])} (epoch {best['best_epoch']})"),
+                  ("test accuracy at best", pct(best["test_accuracy_at_best"]))]
+    if ev:
+        cards.append((f"{OFFICIAL_VAL} accuracy", pct((ev["official_val"] or {}).get("accuracy"))))
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>alexnet-tiny report: {e(report['name'])}"
+             f"</title><style>{PAGE_STYLE}</style></head><body>",
+             f"<h1>alexnet-tiny report: {e(report['name'])}</h1>",
+             f"<p class=sub>{e(report['runs_dir'])} · generated {e(report['generated'])}</p>"]
+    if report["missing"]:
+        parts.append("<div class=missing><b>Missing</b><ul>" +
+                     "".join(f"<li>{e(m)}</li>" for m in report["missing"]) + "</ul></div>")
+    parts.append("<div class=cards>" + "".join(f"<div class=card>{e(k)}<b>{e(v)}</b></div>" for k, v in cards) + "</div>")
+    if best:
+        parts.append(f"<p>Best trial, chosen by validation accuracy only: <code>{e(best['trial'])}</code>.</p>")
+    if ev and ev["official_val"]:
+        parts.append(f"<p>The best checkpoint (epoch {ev['epoch']}) scores <b>{pct(ev['official_val']['accuracy'])}</b> "
+                     f"on the {ev['official_val']['images']} <code>{OFFICIAL_VAL}</code> images, which no trial "
+                     f"used for training or selection; {pct(ev['test']['accuracy'])} on the "
+                     f"{ev['test']['images']} test images.</p>")
+    parts += ["<h2>Results</h2>", _table_html(header, cells, best_index),
+              '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
+              '<a href="results_table.png">results_table.png</a>; metrics read from the TensorBoard event files.</p>',
+              "<h2>Learning curves</h2>",
+              _figure(made, "curves", "learning curves", "Loss and accuracy per epoch for every trial; the best in red."),
+              "<h2>Per-class test accuracy</h2>",
+              _figure(made, "per_class", "per-class test accuracy", "The best trial's checkpoint on the test split, "
+                      "sorted; the dashed line is the overall accuracy."),
+              "<h2>Confusion matrix</h2>",
+              _figure(made, "confusion", "confusion matrix", "Rows: true class, columns: predicted class (test split)."),
+              "<h2>Sample predictions</h2>",
+              _figure(made, "samples", "sample predictions", f"{len(ev['samples']) if ev else 0} test images chosen "
+                      f"with seed {report['seed']}; caption “predicted / true”, green when right, red when wrong."),
+              "<h2>Hyperparameters</h2>", _hyperparameter_table(trials, best)]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(runs_dir: Path | str, out: Path | str | None = None, progress: bool = True, log=print,
+                 data: Path | str | None = None, samples: int = 24, seed: int = 0, device: str = "auto") -> Path:
+    """Write the report of a grid folder or a single run folder into `out` (default RUNS_DIR/report);
+    missing pieces are listed on the page and logged, not fatal. Returns `out`."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: runs folder does not exist (expected a grid folder or a run folder)")
+    if samples < 0:
+        raise UserError(f"--samples {samples}: expected 0 or more")
+    out = Path(out) if out is not None else runs_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    missing: list[str] = []
+    trials = find_trials(runs_dir)
+    if not trials:
+        missing.append(f"{runs_dir}: no trials found (no run folders with {runlog.CONFIG_FILE} or event files)")
+    log(f"report: reading {len(trials)} trial(s) from {runs_dir}")
+    trials = [load_trial(t, missing) for t in trials]
+    rows = [trial_row(t) for t in trials]
+    best = choose_best(rows, missing)
+    if best is not None:
+        best["best"] = "yes"
+    evaluation = None
+    if best is not None:
+        trial = next(t for t in trials if t.name == best["trial"])
+        log(f"report: evaluating {trial.path / runlog.BEST_CKPT} on test and {OFFICIAL_VAL}")
+        evaluation = evaluate_best(trial, data, samples, seed, device, progress, missing)
+    elif trials:
+        missing.append("no trial has validation accuracy: no best trial, per-class accuracy or samples")
+    for m in missing:
+        log(f"report: missing: {m}")
+
+    write_results(out, rows, columns=COLUMNS, best=best)
+    made = draw_figures(out, trials, rows, best, evaluation, runs_dir.resolve().name)
+    report = {"name": runs_dir.resolve().name, "runs_dir": str(runs_dir),
+              "generated": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
+              "trials": rows, "best": best, "figures": made, "missing": missing,
+              "evaluation": {k: v for k, v in evaluation.items() if k != "sample_images"} if evaluation else None}
+    write_json(out / REPORT_JSON, report)
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text(render_html(report, rows, trials, made))
+    return out
+
+
+def summary_line(out: Path | str) -> str:
+    """One line from a written report.json: where, how many trials, the best and its accuracies."""
+    report = json.loads((Path(out) / REPORT_JSON).read_text())
+    best, ev = report["best"], report["evaluation"]
+    line = f"report {Path(out) / 'index.html'}: {len(report['trials'])} trial(s)"
+    if best:
+        line += f"; best {best['trial']}: val {best['best_val_accuracy']:.3f}"
+        if ev:
+            line += f", test {ev['test']['accuracy']:.3f}"
+            if ev["official_val"]:
+                line += f", {OFFICIAL_VAL} {ev['official_val']['accuracy']:.3f}"
+    if report["missing"]:
+        line += f"; {len(report['missing'])} missing piece(s), listed on the page"
+    return line

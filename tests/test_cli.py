@@ -1,0 +1,184 @@
+"""The command line through real subprocesses (`python -m alexnet_tiny ...`): prepare, train and
+evaluate on the generated 3-class data, --help everywhere, one-line summaries and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alexnet_tiny import cli, runlog
+from alexnet_tiny.config import PRESETS
+from conftest import run_cli
+
+SUBCOMMANDS = sorted(next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_source, tmp_path_factory):
+    """prepare, then train --preset quick with overrides: one real run shared by the tests below."""
+    root = tmp_path_factory.mktemp("cli")
+    data, run = root / "data", root / "run"
+    prepare = run_cli("prepare", "--source", tiny_source, "--classes", 3, "--out", data, "-q", check=True)
+    train = run_cli("train", "--preset", "quick", "--epochs", 1, "--image-size", 64, "--data", data,
+                    "--out", run, "--device", "cpu", "-q", check=True)
+    return SimpleNamespace(data=data, run=run, prepare=prepare, train=train)
+
+
+def error_line(proc, command: str) -> str:
+    """The only line of stderr, which must be the error."""
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"alexnet-tiny {command}: error: ")
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- help
+
+def test_subcommands():
+    assert {"prepare", "train", "evaluate", "grid"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", [None, *SUBCOMMANDS])
+def test_help(command):
+    proc = run_cli(*([command] if command else []), "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith(f"usage: alexnet-tiny{' ' + command if command else ''}")
+    if command is None:
+        assert all(c in proc.stdout for c in SUBCOMMANDS)
+
+
+def test_train_flags():
+    help_text = run_cli("train", "--help").stdout
+    for flag in ("--data", "--out", "--lr", "--momentum", "--gamma", "--step-size", "--batch-size", "-b",
+                 "--epochs", "--image-size", "--weight-decay", "--seed", "--device", "--resume", "--preset"):
+        assert f" {flag}" in help_text, flag
+    args = cli.build_parser().parse_args(["train", "--lr", "0.5", "-b", "7", "--step-size", "3", "--image-size", "96"])
+    assert (args.lr, args.batch_size, args.step_size, args.image_size, args.momentum) == (0.5, 7, 3, 96, None)
+
+
+# ----------------------------------------------------------------------------- prepare, train, evaluate
+
+def test_prepare_summary(pipeline):
+    assert pipeline.prepare.stdout.splitlines() == [pipeline.prepare.stdout.strip()]  # -q: only the summary
+    assert pipeline.prepare.stdout.startswith(
+        f"prepared {pipeline.data}: 3 classes (train 1200, val 150, test 150, official-val 12) in ")
+
+
+@pytest.mark.slow
+def test_train_preset_fills_values_and_flags_override_them(pipeline):
+    rec = runlog.read_config(pipeline.run)
+    assert rec["config"] == PRESETS["quick"].replace(epochs=1, image_size=64).to_dict()
+    assert rec["config"]["batch_size"] == PRESETS["quick"].batch_size and rec["config"]["lr"] == PRESETS["quick"].lr
+    assert rec["status"] == "done" and rec["device"] == "cpu"
+    assert len(runlog.read_metrics(pipeline.run)) == 1
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in pipeline.run.iterdir()}
+    assert any(p.name.startswith("events.out.tfevents.") for p in pipeline.run.iterdir())
+    summary = pipeline.train.stdout.splitlines()
+    assert len(summary) == 1
+    assert summary[0].startswith(f"done: {pipeline.run}  best val {rec['best_val_accuracy']:.3f} at epoch 1, "
+                                 f"test {rec['test_accuracy_at_best']:.3f}  (1 epochs, ")
+    assert "epoch 1/1" in pipeline.train.stderr  # the epoch's log line
+
+
+@pytest.mark.slow
+def test_evaluate_table(pipeline):
+    proc = run_cli("evaluate", pipeline.run / "best.pt", "--device", "cpu", "-q", check=True)
+    lines = proc.stdout.splitlines()
+    rec = runlog.read_config(pipeline.run)
+    assert lines[0].split() == ["class", "wnid", "accuracy", "images"]
+    for k, line in enumerate(lines[1:4]):
+        name, wnid, accuracy, images = line.split()
+        assert (name, wnid, images) == (f"colour{k}", f"n0900000{k}", "50") and 0 <= float(accuracy) <= 1
+    assert lines[4].split()[0] == "all" and lines[4].split()[-1] == "150"
+    assert lines[5] == lines[-1]  # the closing one-line summary
+    assert lines[-1].startswith(f"test: accuracy {rec['test_accuracy_at_best']:.3f}, loss ") and \
+        lines[-1].endswith(" on 150 images")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split,images", [("val", 150), ("official-val", 12)])
+def test_evaluate_json(pipeline, split, images):
+    proc = run_cli("evaluate", pipeline.run / "best.pt", "--split", split, "--json", "--device", "cpu", "-q",
+                   check=True)
+    result = json.loads(proc.stdout)
+    assert result["split"] == split and result["images"] == images and result["epoch"] == 1
+    assert [(c["wnid"], c["name"]) for c in result["per_class"]] == [(f"n0900000{k}", f"colour{k}") for k in range(3)]
+    assert sum(c["images"] for c in result["per_class"]) == images
+    assert sum(map(sum, result["confusion"])) == images
+    assert result["accuracy"] == pytest.approx(sum(result["confusion"][k][k] for k in range(3)) / images)
+    if split == "val":  # best.pt reproduces the validation accuracy that selected it
+        assert result["accuracy"] == runlog.read_config(pipeline.run)["best_val_accuracy"]
+    assert proc.stderr.strip().startswith(f"{split}: accuracy {result['accuracy']:.3f}")
+
+
+@pytest.mark.slow
+def test_train_resume_of_a_finished_run(pipeline):
+    proc = run_cli("train", "--preset", "quick", "--epochs", 1, "--image-size", 64, "--data", pipeline.data,
+                   "--out", pipeline.run, "--device", "cpu", "--resume", "-q", check=True)
+    assert "already finished (done), nothing to do" in proc.stderr
+    assert proc.stdout.startswith(f"done: {pipeline.run}  best val ") and len(proc.stdout.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_train_divergence_summary(small_data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", "--lr", "1e6", "--epochs", 1, "--image-size", 64, "-b", 32, "--data", small_data,
+                   "--out", run, "--device", "cpu", "-q", check=True)
+    assert proc.stdout.splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith(f"diverged: {run}  no epoch finished  (0 epochs, ")
+    assert "diverged: train loss became" in proc.stderr and "Traceback" not in proc.stderr
+    assert runlog.read_config(run)["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_train_into_an_existing_run_without_resume(pipeline):
+    proc = run_cli("train", "--preset", "quick", "--epochs", 1, "--data", pipeline.data, "--out", pipeline.run, "-q")
+    assert "already exists; add --resume" in error_line(proc, "train")
+
+
+# ----------------------------------------------------------------------------- errors
+
+INVALID_FLAGS = [(["--lr", "0"], "lr = 0.0: expected a number > 0"),
+                 (["--lr", "-0.5"], "lr = -0.5: expected a number > 0"),
+                 (["--momentum", "1"], "momentum = 1.0: expected a number in [0, 1)"),
+                 (["--gamma", "0"], "gamma = 0.0: expected a number in (0, 1]"),
+                 (["--gamma", "1.1"], "gamma = 1.1: expected a number in (0, 1]"),
+                 (["-b", "0"], "batch_size = 0: expected an integer >= 1"),
+                 (["--epochs", "0"], "epochs = 0: expected an integer >= 1"),
+                 (["--step-size", "0"], "step_size = 0: expected an integer >= 1"),
+                 (["--image-size", "32"], "image_size = 32: expected an integer >= 64"),
+                 (["--preset", "fast"], "--preset fast: unknown (expected one of seed, quick")]
+
+
+@pytest.mark.parametrize("flags,message", INVALID_FLAGS)
+def test_invalid_train_values(flags, message, tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert cli.main(["train", *flags, "--data", str(data), "--out", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alexnet-tiny train: error: {message}") and err.count("\n") == 1
+    assert not data.exists() and not run.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags,message", [INVALID_FLAGS[0], INVALID_FLAGS[8]])
+def test_invalid_train_values_in_a_real_subprocess(flags, message, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    proc = run_cli("train", *flags, "--data", data, "--out", run)
+    assert message in error_line(proc, "train") and proc.stdout == ""
+    assert not data.exists() and not run.exists()
+
+
+def test_evaluate_errors(tmp_path):
+    missing = run_cli("evaluate", tmp_path / "nothing.pt")
+    assert f"{tmp_path / 'nothing.pt'}: checkpoint not found" in error_line(missing, "evaluate")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert "not a readable alexnet-tiny checkpoint" in error_line(run_cli("evaluate", bad), "evaluate")
+
+
+def test_unknown_device(tmp_path, capsys):
+    assert cli.main(["train", "--device", "tpu", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
+    assert "--device tpu: expected auto, cpu or cuda" in capsys.readouterr().err

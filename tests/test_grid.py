@@ -1,0 +1,354 @@
+"""grid.py: presets and TOML grids expanded to trials, results files, diverged trials, and resume
+after real SIGINT / SIGKILL of a real `python -m alexnet_tiny grid` process (local backend)."""
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alexnet_tiny import cli, runlog
+from alexnet_tiny.config import PRESETS, TrainConfig
+from alexnet_tiny.errors import UserError
+from alexnet_tiny.grid import (GRID_PRESETS, RESULT_COLUMNS, best_row, expand, format_duration, grid_trials,
+                               load_grid_toml, run_grid)
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Two FAST-like trials (64 px, batch 32, 2 epochs): the first diverges, the grid goes on.
+SMALL_GRID = """
+preset = "quick"
+lr = [1e6, 0.01]
+momentum = [0.9]
+gamma = [0.5]
+step_size = [1]
+batch_size = [32]
+epochs = [2]
+image_size = [64]
+"""
+SMALL_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0_seed0", "lr0.01_m0.9_g0.5_s1_b32_e2_i64_wd0_seed0"]
+DIVERGING, TRAINED = SMALL_NAMES
+
+
+def write_toml(tmp_path: Path, text: str, name: str = "grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- expansion
+
+def test_seed_preset_is_the_original_twelve_trials():
+    name, trials = grid_trials("seed")
+    assert name == "seed" and len(trials) == 12
+    expected = [TrainConfig(lr=lr, momentum=m, gamma=g, step_size=7, batch_size=12, epochs=35, image_size=224)
+                for lr in (0.0001, 0.001, 0.005) for m in (0.9, 0.5) for g in (0.1, 0.01)]
+    assert trials == expected
+    assert {(t.weight_decay, t.seed) for t in trials} == {(0.0, 0)}
+
+
+def test_seed_grid_names_are_stable():
+    names = [t.name() for t in grid_trials("seed")[1]]
+    assert names[:4] == ["lr0.0001_m0.9_g0.1_s7_b12_e35_i224_wd0_seed0",
+                         "lr0.0001_m0.9_g0.01_s7_b12_e35_i224_wd0_seed0",
+                         "lr0.0001_m0.5_g0.1_s7_b12_e35_i224_wd0_seed0",
+                         "lr0.0001_m0.5_g0.01_s7_b12_e35_i224_wd0_seed0"]
+    assert names[-1] == "lr0.005_m0.5_g0.01_s7_b12_e35_i224_wd0_seed0"
+    assert len(set(names)) == 12
+    assert names == [t.name() for t in grid_trials("seed")[1]]
+
+
+def test_names_differ_in_every_hyperparameter():
+    base = TrainConfig()
+    changed = {"lr": 0.002, "momentum": 0.5, "gamma": 0.5, "step_size": 3, "batch_size": 16, "epochs": 2,
+               "image_size": 96, "weight_decay": 1e-4, "seed": 1}
+    names = {base.name(), *(base.replace(**{k: v}).name() for k, v in changed.items())}
+    assert len(names) == len(changed) + 1
+
+
+def test_repository_seed_toml_is_the_seed_preset():
+    name, trials = grid_trials(config=REPO / "grids" / "seed.toml")
+    assert name == "seed" and trials == grid_trials("seed")[1]
+
+
+def test_quick_preset_keeps_the_shape():
+    name, trials = grid_trials(None)  # the default
+    assert name == "quick" and trials == grid_trials("quick")[1]
+    assert len({t.lr for t in trials}) >= 2 and len({t.momentum for t in trials}) >= 2
+    assert all(t.image_size == PRESETS["quick"].image_size for t in trials)
+    assert len({t.name() for t in trials}) == len(trials)
+    assert GRID_PRESETS["quick"]["preset"] == "quick"
+
+
+def test_toml_product_and_order(tmp_path):
+    path = write_toml(tmp_path, 'seed = [1, 2]\nmomentum = [0.9, 0.5]\nlr = [0.1, 0.01]\nepochs = 3\n', "mine.toml")
+    name, trials = grid_trials(config=path)
+    assert name == "mine" and len(trials) == 8
+    # the product in hyperparameter order (lr outermost, seed innermost), whatever the order in the file
+    assert [(t.lr, t.momentum, t.seed) for t in trials] == [
+        (lr, m, s) for lr in (0.1, 0.01) for m in (0.9, 0.5) for s in (1, 2)]
+    assert all(t.epochs == 3 for t in trials)  # a single value is a one-value list
+    # keys left out come from the preset (default: seed)
+    assert all((t.gamma, t.step_size, t.batch_size, t.image_size) == (0.1, 7, 12, 224) for t in trials)
+
+
+def test_toml_on_another_preset(tmp_path):
+    _, trials = grid_trials(config=write_toml(tmp_path, 'preset = "quick"\nlr = [1, 0.5]\n'))
+    assert trials == [PRESETS["quick"].replace(lr=1.0), PRESETS["quick"].replace(lr=0.5)]
+    assert isinstance(trials[0].lr, float)  # an integer in TOML is still a learning rate
+
+
+def test_config_overrides_preset_on_the_cli(tmp_path):
+    args = cli.build_parser().parse_args(["grid", "--preset", "seed", "--config", str(tmp_path / "g.toml")])
+    (tmp_path / "g.toml").write_text("lr = [0.3]\n")
+    assert grid_trials(args.preset, args.config)[1] == [TrainConfig(lr=0.3)]
+
+
+BAD_TOML = [
+    ("learning_rate = [0.1]\n", "unknown key 'learning_rate'"),
+    ("lr = []\n", "lr is an empty list"),
+    ('epochs = ["two"]\n', "epochs = 'two': expected an integer"),
+    ("epochs = [2.5]\n", "epochs = 2.5: expected an integer"),
+    ('lr = ["0.1"]\n', "lr = '0.1': expected a number"),
+    ("momentum = [true]\n", "momentum = True: expected a number"),
+    ("lr = [[0.1, 0.2]]\n", "lr = [0.1, 0.2]: expected a number"),
+    ("[lr]\nx = 1\n", "lr = {'x': 1}: expected a number"),
+    ("lr = [0.1\n", "not valid TOML"),
+    ("lr = 0.1\nlr = 0.2\n", "not valid TOML"),
+    ('preset = "fast"\n', "preset = 'fast': expected one of seed, quick"),
+    ('preset = ["quick"]\n', "preset = ['quick']: expected one of seed, quick"),
+    ("lr = [-0.1]\n", "lr = -0.1: expected a number > 0"),
+    ("momentum = [0.9, 1.0]\n", "momentum = 1.0: expected a number in [0, 1)"),
+    ("lr = [0.1, 0.1]\n", "appears twice"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_TOML)
+def test_bad_toml_is_refused_with_one_line(text, message, tmp_path, capsys):
+    path = write_toml(tmp_path, text)
+    with pytest.raises(UserError) as e:
+        grid_trials(config=path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+    assert cli.main(["grid", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alexnet-tiny grid: error: {path}: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_toml_in_a_real_subprocess(tmp_path):
+    path = write_toml(tmp_path, "learning_rate = [0.1]\n")
+    proc = run_cli("grid", "--config", path, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and "unknown key 'learning_rate'" in proc.stderr
+
+
+def test_missing_toml_and_unknown_preset(tmp_path):
+    with pytest.raises(UserError, match="grid file not found"):
+        load_grid_toml(tmp_path / "none.toml")
+    with pytest.raises(UserError, match="--preset nope: unknown grid preset"):
+        grid_trials("nope")
+    with pytest.raises(UserError, match="unknown key 'nope'"):
+        expand({"nope": [1]})
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (5, 89, 600, 5399, 5400, 12 * 3600)] == [
+        "5 s", "89 s", "10 min", "90 min", "1.5 h", "12.0 h"]
+
+
+def test_best_row_uses_validation_accuracy_only():
+    def row(trial, val, test, status="done"):
+        return {"trial": trial, "best_val_accuracy": val, "test_accuracy_at_best": test, "status": status}
+    rows = [row("a", 0.5, 0.9), row("b", 0.7, 0.1), row("c", 0.7, 0.8), row("d", 0.9, 0.9, "diverged"),
+            row("e", None, None, "failed"), row("f", None, None, "pending")]
+    assert best_row(rows)["trial"] == "b"  # highest val; the tie goes to the earlier trial; test plays no part
+    assert best_row(rows[3:]) is None
+
+
+# ----------------------------------------------------------------------------- a real grid
+
+@pytest.fixture(scope="module")
+def small_grid(tmp_path_factory) -> Path:
+    return write_toml(tmp_path_factory.mktemp("grid"), SMALL_GRID, "small.toml")
+
+
+@pytest.fixture(scope="module")
+def reference(small_grid, small_data, tmp_path_factory):
+    """The uninterrupted grid, run in this process."""
+    out = tmp_path_factory.mktemp("grid") / "reference"
+    _, trials = grid_trials(config=small_grid)
+    logged = []
+    rows = run_grid(trials, out, data=small_data, device="cpu", progress=False, log=logged.append)
+    return SimpleNamespace(out=out, trials=trials, rows=rows, logged=logged)
+
+
+def read_csv(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_small_grid_trials(small_grid):
+    assert [t.name() for t in grid_trials(config=small_grid)[1]] == SMALL_NAMES
+
+
+@pytest.mark.slow
+def test_grid_runs_every_trial_into_a_run_folder(reference):
+    assert reference.logged[0].startswith("grid: 2 trials (0 already finished), estimated ")
+    assert sorted(p.name for p in reference.out.iterdir()) == sorted(
+        [*SMALL_NAMES, "grid.json", "results.csv", "results.md"])
+    for t in reference.trials:
+        rec = runlog.read_config(reference.out / t.name())
+        assert rec["config"] == t.to_dict() and rec["name"] == t.name()
+    run = reference.out / TRAINED
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    assert [r["epoch"] for r in runlog.read_metrics(run)] == [1, 2]
+    scalars = runlog.read_scalars(run)
+    assert all([s for s, _ in scalars[tag]] == [1, 2] for tag in runlog.TAGS.values())
+    assert not (reference.out / DIVERGING / runlog.LAST_CKPT).exists()
+
+
+@pytest.mark.slow
+def test_results_csv_matches_the_runs(reference):
+    rows = read_csv(reference.out)
+    assert list(rows[0]) == RESULT_COLUMNS
+    assert [r["trial"] for r in rows] == SMALL_NAMES
+    assert [r["status"] for r in rows] == ["diverged", "done"]
+    for row, trial in zip(rows, reference.trials):
+        for key, value in trial.to_dict().items():
+            assert row[key] == str(value), key
+        assert float(row["seconds"]) > 0
+    diverged, row = rows
+    metrics = runlog.read_metrics(reference.out / TRAINED)
+    best = max(metrics, key=lambda m: m["val_accuracy"])  # the first epoch reaching the maximum
+    assert float(row["best_val_accuracy"]) == best["val_accuracy"]
+    assert int(row["best_epoch"]) == best["epoch"]
+    assert float(row["test_accuracy_at_best"]) == best["test_accuracy"]
+    assert float(row["final_train_loss"]) == metrics[-1]["train_loss"]
+    assert row["reason"] == ""
+    assert diverged["reason"].startswith("train loss became") and "epoch 1" in diverged["reason"]
+    assert diverged["best_val_accuracy"] == diverged["best_epoch"] == diverged["test_accuracy_at_best"] == ""
+    assert diverged["final_train_loss"] == ""
+    assert runlog.read_metrics(reference.out / DIVERGING)[-1]["status"] == "diverged"
+    assert without_seconds(rows) == without_seconds([{k: "" if v is None else str(v) for k, v in r.items()}
+                                                     for r in reference.rows])
+
+
+@pytest.mark.slow
+def test_results_md_and_best_trial(reference):
+    rows = read_csv(reference.out)
+    done = [r for r in rows if r["status"] == "done"]
+    best = max(done, key=lambda r: float(r["best_val_accuracy"]))
+    assert best_row(reference.rows)["trial"] == best["trial"]
+    lines = (reference.out / "results.md").read_text().splitlines()
+    columns = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert columns == ["best", *RESULT_COLUMNS[1:]] and len(lines) == 2 + len(rows)
+    for row, line in zip(rows, lines[2:]):
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+        assert cells["best"] == ("**best**" if row["trial"] == best["trial"] else "")
+        assert float(cells["lr"]) == float(row["lr"]) and cells["status"] == row["status"]
+        if row["status"] == "done":
+            assert cells["best_val_accuracy"] == f"{float(row['best_val_accuracy']):.4f}"
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_grid_does_nothing(reference, small_data):
+    before = {p: p.stat().st_mtime_ns for p in reference.out.rglob("*") if p.parent != reference.out}
+    logged = []
+    rows = run_grid(reference.trials, reference.out, data=small_data, device="cpu", resume=True, progress=False,
+                    log=logged.append)
+    assert logged[0] == "grid: 2 trials (2 already finished)"
+    assert without_seconds(rows) == without_seconds(reference.rows)
+    assert {p: p.stat().st_mtime_ns for p in reference.out.rglob("*") if p.parent != reference.out} == before
+
+
+@pytest.mark.slow
+def test_grid_folder_checks(reference, small_data, tmp_path):
+    with pytest.raises(UserError, match="grid folder already exists; add --resume"):
+        run_grid(reference.trials, reference.out, data=small_data, device="cpu", progress=False)
+    with pytest.raises(UserError, match="holds a different grid"):
+        run_grid(reference.trials[:1], reference.out, data=small_data, device="cpu", resume=True, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not a grid folder"):
+        run_grid(reference.trials, other, data=small_data, device="cpu", progress=False)
+
+
+# ----------------------------------------------------------------------------- interruptions
+
+def start_grid(small_grid: Path, data: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "alexnet_tiny", "grid", "--config", str(small_grid), "--data",
+                             str(data), "--out", str(out), "--device", "cpu", "--no-report", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"grid ended (exit {proc.returncode}) before the signal:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("timed out waiting for the first trial's first epoch")
+        time.sleep(0.05)
+
+
+def resume_and_compare(small_grid, small_data, out, reference) -> subprocess.CompletedProcess:
+    proc = run_cli("grid", "--config", small_grid, "--data", small_data, "--out", out, "--device", "cpu",
+                   "--no-report", "-q", "--resume", check=True)
+    # the diverged trial is finished and skipped; the interrupted one continues
+    assert proc.stderr.splitlines()[0].startswith("grid: 2 trials (1 already finished), estimated ")
+    assert without_seconds(read_csv(out)) == without_seconds(read_csv(reference.out))
+    scalars = runlog.read_scalars(out / TRAINED)
+    for tag in runlog.TAGS.values():
+        assert [s for s, _ in scalars[tag]] == [1, 2], tag  # no step twice after the resume
+    assert [r["epoch"] for r in runlog.read_metrics(out / TRAINED)] == [1, 2]
+    best = best_row(reference.rows)
+    summary = proc.stdout.strip()
+    assert summary.startswith(f"grid {out}: 2 trials (1 diverged, 1 done) in ")
+    assert summary.endswith(f"best {best['trial']}: val {best['best_val_accuracy']:.3f} (epoch {best['best_epoch']}), "
+                            f"test {best['test_accuracy_at_best']:.3f}")
+    return proc
+
+
+@pytest.mark.slow
+def test_resume_after_sigint(small_grid, small_data, reference, tmp_path):
+    out = tmp_path / "grid"
+    trained = out / TRAINED
+    proc = start_grid(small_grid, small_data, out)
+    wait_for(lambda: (trained / runlog.LAST_CKPT).exists(), proc)  # epoch 1 of the trained trial saved
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    lines = stderr.splitlines()
+    assert lines[0].startswith("grid: 2 trials (0 already finished), estimated ")  # printed before any training
+    assert proc.returncode == 130 and lines[-1].startswith("alexnet-tiny grid: interrupted")
+    assert "Traceback" not in stderr and stdout == ""
+    assert runlog.read_config(out / DIVERGING)["status"] == runlog.STATUS_DIVERGED
+    assert runlog.read_config(trained)["status"] == runlog.STATUS_RUNNING
+    proc = resume_and_compare(small_grid, small_data, out, reference)
+    assert f"resuming {trained} at epoch 2/2" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(small_grid, small_data, reference, tmp_path):
+    out = tmp_path / "grid"
+    metrics = out / TRAINED / runlog.METRICS_FILE
+    proc = start_grid(small_grid, small_data, out)
+    # the moment epoch 1 of the trained trial is logged, before or while its checkpoint is written
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resume_and_compare(small_grid, small_data, out, reference)

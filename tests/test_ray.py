@@ -1,0 +1,151 @@
+"""grid --backend ray on a local Ray instance, through the real CLI: a two-trial grid interrupted with
+Ctrl-C (a real SIGINT) and resumed, then checked against the same grid on the local backend: the
+same results, the same run folders, the same TensorBoard scalars. Two Ray starts in the whole file."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alexnet_tiny import runlog
+from alexnet_tiny.grid import RESULTS_CSV
+
+from conftest import FAST, run_cli
+
+LRS = [0.01, 0.02]
+NAMES = [FAST.replace(lr=lr).name() for lr in LRS]
+TIMING_KEYS = {"seconds", "epoch_seconds", "images_per_second"}
+TIMING_TAGS = {runlog.TAGS["epoch_seconds"], runlog.TAGS["images_per_second"]}
+# One thread for every trial on both backends: the Ray trials run with torch threads = --cpus-per-trial,
+# and equal thread counts make the two backends' CPU results bit-identical.
+ENV = {"RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
+
+
+def grid_toml(path: Path) -> Path:
+    """FAST (2 epochs) at two learning rates, as a TOML grid."""
+    keys = ["momentum", "gamma", "step_size", "batch_size", "epochs", "image_size"]
+    path.write_text(f"lr = {LRS}\n" + "".join(f"{k} = [{getattr(FAST, k)}]\n" for k in keys))
+    return path
+
+
+def grid_args(toml: Path, data: Path, out: Path, *extra) -> list:
+    return ["grid", "--config", toml, "--data", data, "--out", out, "--no-report", "-q", *extra]
+
+
+def epochs_saved(out: Path) -> list[int]:
+    return [(runlog.read_config(out / n) or {}).get("epochs_done", 0) for n in NAMES]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without(d: dict, keys) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def folder_layout(run: Path) -> set[str]:
+    return {"events.out.tfevents.*" if p.name.startswith("events.out.tfevents.") else p.name for p in run.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def ray_grid(tiny_data, tmp_path_factory) -> dict:
+    """Start the grid on Ray, Ctrl-C it once a trial has saved its first epoch, then --resume it."""
+    pytest.importorskip("ray")  # here, not at the top: the missing-Ray test runs without Ray too
+    tmp = tmp_path_factory.mktemp("ray")
+    toml, out = grid_toml(tmp / "two.toml"), tmp / "ray-grid"
+    args = grid_args(toml, tiny_data, out, "--backend", "ray", "--cpus-per-trial", "1")
+    # its own session: the SIGINT goes to the whole process group, as Ctrl-C in a terminal does
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *map(str, args)], env={**os.environ, **ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while max(epochs_saved(out)) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        saved = epochs_saved(out)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = {n: runlog.read_metrics(out / n) for n in NAMES}
+    resumed = run_cli(*args, "--resume", env=ENV)
+    return {"toml": toml, "out": out, "args": args, "saved": saved, "before": before,
+            "interrupted": subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+            "resumed": resumed}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ray_grid_and_resume_finishes_it(ray_grid):
+    interrupted, resumed, out = ray_grid["interrupted"], ray_grid["resumed"], ray_grid["out"]
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert "interrupted" in interrupted.stderr and "--resume" in interrupted.stderr
+    assert 1 in ray_grid["saved"]  # stopped mid-grid, after a trial saved its first epoch
+    assert resumed.returncode == 0, resumed.stderr
+    assert "ray: local instance" in resumed.stderr
+    for n in NAMES:
+        assert f"-- {n}: done" in resumed.stderr  # one line per finished trial
+    assert "ray: 2 trials in" in resumed.stderr and ": 2 done" in resumed.stderr
+    for n, saved in zip(NAMES, ray_grid["saved"]):
+        rows = runlog.epoch_rows(runlog.read_metrics(out / n))
+        assert [r["epoch"] for r in rows] == list(range(1, FAST.epochs + 1))
+        # saved epochs were not trained again: their rows, wall-clock seconds included, are untouched
+        assert rows[:saved] == runlog.epoch_rows(ray_grid["before"][n])[:saved]
+    assert [r["status"] for r in read_csv(out / RESULTS_CSV)] == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_ray_grid_equals_the_local_grid(ray_grid, tiny_data, tmp_path):
+    out = ray_grid["out"]
+    local = tmp_path / "local-grid"
+    run_cli(*grid_args(ray_grid["toml"], tiny_data, local), env=ENV, check=True)
+
+    ray_rows, local_rows = read_csv(out / RESULTS_CSV), read_csv(local / RESULTS_CSV)
+    assert [r["trial"] for r in ray_rows] == NAMES
+    assert [without(r, TIMING_KEYS) for r in ray_rows] == [without(r, TIMING_KEYS) for r in local_rows]
+    for n in NAMES:
+        assert folder_layout(out / n) == folder_layout(local / n) == {
+            runlog.CONFIG_FILE, runlog.METRICS_FILE, runlog.BEST_CKPT, runlog.LAST_CKPT, "events.out.tfevents.*"}
+        assert ([without(r, TIMING_KEYS) for r in runlog.read_metrics(out / n)]
+                == [without(r, TIMING_KEYS) for r in runlog.read_metrics(local / n)])
+        ray_config, local_config = runlog.read_config(out / n), runlog.read_config(local / n)
+        assert without(ray_config, TIMING_KEYS) == without(local_config, TIMING_KEYS)
+        ray_scalars, local_scalars = runlog.read_scalars(out / n), runlog.read_scalars(local / n)
+        assert set(ray_scalars) == set(local_scalars) >= set(runlog.TAGS.values())
+        assert without(ray_scalars, TIMING_TAGS) == without(local_scalars, TIMING_TAGS)
+    # Tune keeps its own records out of TensorBoard's way: no event files outside the run folders
+    events = {p.parent.name for p in out.rglob("events.out.tfevents.*")}
+    assert events == set(NAMES)
+    assert (out / ".ray_results").is_dir()
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_ray_grid_trains_nothing(ray_grid):
+    out = ray_grid["out"]
+    csv_before = (out / RESULTS_CSV).read_text()
+    stamps = {p: p.stat().st_mtime_ns for n in NAMES for p in (out / n).iterdir()}
+    again = run_cli(*ray_grid["args"], "--resume", env=ENV, check=True)
+    assert "2 already finished" in again.stderr
+    assert "ray:" not in again.stderr  # Ray is not even started
+    assert (out / RESULTS_CSV).read_text() == csv_before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_missing_ray_is_a_one_line_error_naming_the_extra(tmp_path):
+    """Without Ray (hidden from the import system) --backend ray stops before any work, exit 2."""
+    toml, data, out = grid_toml(tmp_path / "two.toml"), tmp_path / "data", tmp_path / "grid"
+    code = ("import sys; sys.modules['ray'] = None; from alexnet_tiny.cli import main; "
+            f"sys.exit(main({[str(a) for a in grid_args(toml, data, out, '--backend', 'ray')]!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("alexnet-tiny grid: error: --backend ray needs Ray Tune")
+    assert line.endswith("install it with: pip install 'alexnet-tiny[ray]'")
+    assert not data.exists() and not out.exists()  # nothing prepared, nothing written

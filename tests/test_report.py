@@ -1,0 +1,270 @@
+"""report: figures, tables and index.html from a real (tiny) grid, checked against what training wrote;
+missing pieces; the CLI; the page in headless Chromium."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from alexnet_tiny import runlog
+from alexnet_tiny.config import HYPERPARAMETERS
+from alexnet_tiny.errors import UserError
+from alexnet_tiny.evaluate import evaluate_checkpoint
+from alexnet_tiny.grid import run_grid
+from alexnet_tiny.report import FIGURES, write_report
+
+from conftest import FAST, run_cli
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def grid_dir(small_data, tmp_path_factory) -> Path:
+    """Two real one-epoch trials on the small 3-class set, as `alexnet-tiny grid` writes them."""
+    out = tmp_path_factory.mktemp("grid") / "g"
+    trials = [FAST.replace(epochs=1, lr=0.01), FAST.replace(epochs=1, lr=0.02)]
+    run_grid(trials, out, data=small_data, device="cpu", progress=False, log=lambda m: None, estimate=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(grid_dir):
+    logs = []
+    out = write_report(grid_dir, progress=False, log=logs.append, device="cpu")
+    return out, logs
+
+
+def metrics_from_jsonl(run: Path) -> dict:
+    """The row the table should hold, computed here from metrics.jsonl (not from TensorBoard)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_accuracy"])  # first epoch reaching the maximum
+    return {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
+            "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": rows[-1]["train_loss"],
+            "epochs_done": len(rows)}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def clone(src: Path, dst: Path, skip=lambda p: False) -> Path:
+    """Copy a runs folder with hard links (checkpoints are hundreds of MB), leaving out `skip` files."""
+    for path in src.rglob("*"):
+        if path.is_file() and not skip(path) and "report" not in path.relative_to(src).parts:
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return dst
+
+
+def test_every_figure_is_a_real_png(report):
+    out, _ = report
+    for name in FIGURES.values():
+        with Image.open(out / name) as im:
+            assert im.format == "PNG", name
+            assert 400 <= im.width <= 4000 and 150 <= im.height <= 4000, (name, im.size)
+            im.verify()
+    for name in ("index.html", "results.csv", "results.md", "report.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_table_equals_the_runs_metrics(report, grid_dir):
+    out, _ = report
+    rows = read_csv(out / "results.csv")
+    grid_trials = [t["name"] for t in json.loads((grid_dir / "grid.json").read_text())["trials"]]
+    assert [r["trial"] for r in rows] == grid_trials
+    for row in rows:
+        run = grid_dir / row["trial"]
+        expected = metrics_from_jsonl(run)
+        for key, value in expected.items():
+            # TensorBoard stores float32: equal to about 7 digits
+            assert float(row[key]) == pytest.approx(value, rel=1e-6, abs=1e-7), (row["trial"], key)
+        config = json.loads((run / "config.json").read_text())["config"]
+        for h in HYPERPARAMETERS:
+            assert row[h] == str(config[h]), (row["trial"], h)
+        assert row["status"] == "done"
+    best_val = {r["trial"]: metrics_from_jsonl(grid_dir / r["trial"])["best_val_accuracy"] for r in rows}
+    expected_best = max(grid_trials, key=best_val.get)  # validation only; ties go to the earlier trial
+    assert [r["trial"] for r in rows if r["best"]] == [expected_best]
+    md = (out / "results.md").read_text().splitlines()
+    assert len(md) == 2 + len(rows)
+    assert [i for i, line in enumerate(md[2:]) if "**best**" in line] == [grid_trials.index(expected_best)]
+
+
+def test_best_checkpoint_evaluation(report, grid_dir):
+    out, _ = report
+    rep = json.loads((out / "report.json").read_text())
+    best = rep["best"]["trial"]
+    ev = rep["evaluation"]
+    ckpt = grid_dir / best / "best.pt"
+    # the same checkpoint through `alexnet-tiny evaluate`'s code path
+    for split, key in (("test", "test"), ("official-val", "official_val")):
+        independent = evaluate_checkpoint(ckpt, split=split, device="cpu", progress=False)
+        assert ev[key]["accuracy"] == pytest.approx(independent["accuracy"])
+        assert ev[key]["images"] == independent["images"]
+        if split == "test":
+            assert ev["test"]["confusion"] == independent["confusion"]
+            assert [c["accuracy"] for c in ev["test"]["per_class"]] == [c["accuracy"] for c in independent["per_class"]]
+    assert ev["test"]["accuracy"] == pytest.approx(rep["best"]["test_accuracy_at_best"], abs=1e-6)
+    names = [c["name"] for c in ev["test"]["per_class"]]
+    assert names == ["colour0", "colour1", "colour2"]  # class names from words.txt, not wnids
+    assert len(ev["samples"]) == 24
+    assert all(s["file"].startswith("test/") for s in ev["samples"])
+
+
+def test_page_shows_everything(report, grid_dir):
+    out, logs = report
+    page = (out / "index.html").read_text()
+    for key, name in FIGURES.items():
+        assert (f'href="{name}"' if key == "table" else f'src="{name}"') in page
+    assert "Missing" not in page and not any("missing" in m for m in logs)
+    rows = read_csv(out / "results.csv")
+    for row in rows:
+        assert f"{float(row['best_val_accuracy']):.4f}" in page
+    assert "official-val" in page and "Hyperparameters" in page
+    # every link on the page is relative and exists beside it
+    for target in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert not target.startswith(("/", "http", "file:")) and (out / target).exists(), target
+
+
+@pytest.mark.slow
+def test_samples_follow_the_seed(grid_dir, report, tmp_path):
+    first = json.loads((report[0] / "report.json").read_text())["evaluation"]["samples"]
+    out = write_report(grid_dir, out=tmp_path / "r", samples=5, seed=1, progress=False, log=lambda m: None,
+                       device="cpu")
+    again = json.loads((out / "report.json").read_text())["evaluation"]["samples"]
+    assert len(again) == 5 and [s["file"] for s in again] != [s["file"] for s in first[:5]]
+    with Image.open(out / FIGURES["samples"]) as im:
+        assert im.width >= 5 * 150  # 64 px images drawn well above their size
+
+
+def test_single_run_folder(grid_dir, tmp_path):
+    run = clone(grid_dir / json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"], tmp_path / "run")
+    out = write_report(run, samples=0, progress=False, log=lambda m: None, device="cpu")
+    assert out == run / "report"
+    rows = read_csv(out / "results.csv")
+    assert [r["trial"] for r in rows] == ["run"] and rows[0]["best"]
+    assert not (out / FIGURES["samples"]).exists()  # --samples 0
+
+
+def test_missing_runs_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        write_report(tmp_path / "nowhere", progress=False, log=lambda m: None)
+
+
+def test_empty_runs_folder_still_renders(tmp_path):
+    (tmp_path / "runs").mkdir()
+    logs = []
+    out = write_report(tmp_path / "runs", progress=False, log=logs.append)
+    page = (out / "index.html").read_text()
+    assert "no trials found" in page and any("no trials found" in m for m in logs)
+    assert (out / FIGURES["table"]).exists() and read_csv(out / "results.csv") == []
+
+
+def test_trial_without_event_file(grid_dir, tmp_path):
+    rows = read_csv(next(grid_dir.glob("results.csv")))
+    gone = rows[0]["trial"]
+    runs = clone(grid_dir, tmp_path / "runs",
+                 skip=lambda p: p.parent.name == gone and p.name.startswith("events.out.tfevents"))
+    logs = []
+    out = write_report(runs, samples=4, progress=False, log=logs.append, device="cpu")
+    message = f"trial {gone}: no TensorBoard event file"
+    assert message in (out / "index.html").read_text() and any(message in m for m in logs)
+    table = {r["trial"]: r for r in read_csv(out / "results.csv")}
+    assert table[gone]["best_val_accuracy"] == "" and not table[gone]["best"]
+    assert table[rows[1]["trial"]]["best"]  # the other trial is the best one now
+    for name in FIGURES.values():
+        assert (out / name).exists()
+
+
+def test_missing_checkpoint_and_dataset(grid_dir, tmp_path):
+    runs = clone(grid_dir, tmp_path / "runs", skip=lambda p: p.name == runlog.BEST_CKPT)
+    logs = []
+    out = write_report(runs, progress=False, log=logs.append, device="cpu")
+    page = (out / "index.html").read_text()
+    assert "no best.pt" in page and any("no best.pt" in m for m in logs)
+    assert (out / FIGURES["table"]).exists() and (out / FIGURES["curves"]).exists()
+    for key in ("per_class", "confusion", "samples"):
+        assert not (out / FIGURES[key]).exists() and f'src="{FIGURES[key]}"' not in page
+    assert "not available" in page
+
+    # with the checkpoints back but the recorded dataset gone
+    runs = clone(grid_dir, tmp_path / "runs2")
+    for config in runs.glob("*/config.json"):
+        record = json.loads(config.read_text())
+        record["dataset"]["root"] = str(tmp_path / "moved")
+        config.unlink()  # a hard link: replace it, do not write through to the fixture's file
+        config.write_text(json.dumps(record))
+    out = write_report(runs, progress=False, log=lambda m: None, device="cpu")
+    assert "pass --data" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_cli(grid_dir, tmp_path):
+    proc = run_cli("report", grid_dir, "--out", tmp_path / "rep", "--samples", "6", "--seed", "3", "-q",
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"report {tmp_path / 'rep' / 'index.html'}: 2 trial(s); best ") and "official-val" in last
+    assert len(json.loads((tmp_path / "rep" / "report.json").read_text())["evaluation"]["samples"]) == 6
+
+    proc = run_cli("report", tmp_path / "nowhere")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"alexnet-tiny report: error: {tmp_path / 'nowhere'}: runs folder does not exist " \
+                                  f"(expected a grid folder or a run folder)"
+
+
+# ----------------------------------------------------------------------------- the page in a browser
+
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => ({src: i.getAttribute("src"), ok: i.complete && i.naturalWidth > 0}));
+  const pre = document.createElement("pre"); pre.id = "img-check"; pre.textContent = JSON.stringify(imgs);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def chromium(*args, user_data: Path) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={user_data}"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(report, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (CI installs Debian's chromium package)")
+        pytest.skip(f"{CHROMIUM} not installed")
+    out, _ = report
+    # a copy of the page beside it with a script that records, after load, whether each image decoded
+    page = (out / "index.html").read_text()
+    check = out / "_browser_check.html"
+    check.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
+    try:
+        proc = chromium("--virtual-time-budget=10000", "--dump-dom", check.as_uri(), user_data=tmp_path / "profile")
+    finally:
+        check.unlink()
+    found = re.search(r'<pre id="img-check">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"no check output from chromium:\n{proc.stderr[-2000:]}"
+    images = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert {i["src"] for i in images} == set(FIGURES.values()) - {FIGURES["table"]}
+    assert all(i["ok"] for i in images), images
+
+    shot = tmp_path / "page.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", (out / "index.html").as_uri(),
+             user_data=tmp_path / "profile")
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2400)
+        colours = im.convert("RGB").resize((64, 120)).getcolors(64 * 120)
+        assert len(colours) > 50  # not a blank page
