@@ -39,6 +39,7 @@ from PIL import Image
 from alexnet_tiny.allocator import retained_heap
 from alexnet_tiny.config import TrainConfig
 from alexnet_tiny.data import Split, ensure_dataset
+from alexnet_tiny.errors import UserError
 from alexnet_tiny.model import AlexNet, count_parameters
 from alexnet_tiny.train import evaluate, make_optimizer, resolve_device, train_one_epoch
 from alexnet_tiny.transforms import MEAN, STD, resize_size, train_batch
@@ -155,18 +156,30 @@ def training_flops_per_image(image_size: int, num_classes: int) -> float:
     return float(counter.get_total_flops())
 
 
-def copy_bandwidth(device: torch.device, mbytes: int = 256, repeats: int = 5) -> float:
-    """Best-of-`repeats` bytes/s of a large tensor copy (read + write), the memory floor's yardstick."""
-    src = torch.ones(mbytes << 18, device=device)
-    dst = torch.empty_like(src)
+def best_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Fastest of `repeats` timed calls, after one untimed call."""
     best = math.inf
-    for _ in range(repeats + 1):
+    for i in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        dst.copy_(src)
+        fn()
         sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * src.element_size() / best
+        best = min(best, time.perf_counter() - t0) if i else best
+    return best
+
+
+def copy_bandwidth(device: torch.device, mbytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write), the memory floor's yardstick."""
+    src = torch.ones(mbytes << 18, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * src.element_size() / best_seconds(lambda: dst.copy_(src), device, repeats)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+    """FLOP/s of a large square matmul, the compute floor's yardstick on a GPU."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n ** 3 / best_seconds(lambda: a @ a, device, repeats)
 
 
 # ----------------------------------------------------------------------------- one trial-epoch of each pipeline
@@ -353,7 +366,7 @@ def profile_steps(bench: Bench, steps: int) -> None:
     """torch.profiler over `steps` training steps of each pipeline (after one warm-up epoch)."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if bench.device.type == "cuda" else "self_cpu_time_total"
     short = subset(bench.train, steps * bench.args.batch_size)
     for name in PIPELINES:
         config = bench.config(0)
@@ -405,11 +418,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dataset = ensure_dataset(args.data if args.data is not None else DEFAULT_DATA, progress=False)
+    try:
+        device = resolve_device(args.device)
+        dataset = ensure_dataset(args.data if args.data is not None else DEFAULT_DATA, progress=False)
+    except UserError as e:
+        raise SystemExit(f"speed.py: {e}") from None
     need = args.steps * args.batch_size
     if need > len(dataset.splits["train"]):
-        raise SystemExit(f"--steps {args.steps} x --batch-size {args.batch_size} = {need} images: "
+        raise SystemExit(f"speed.py: --steps {args.steps} x --batch-size {args.batch_size} = {need} images: "
                          f"more than the {len(dataset.splits['train'])} training images")
     bench = Bench(args, dataset, device)
     print(f"device {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -457,6 +473,13 @@ def main(argv=None) -> None:
           f"floors: {flops / 1e9:.2f} GFLOP per training image; memory floor {FLOOR_BYTES_PER_PARAM} B x "
           f"{params / 1e6:.1f} M params per step at the measured copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"= {fmt_duration(floor_s)} for the seed grid ('x floor' = seed grid / that)")
+    if device.type == "cuda":  # on a CPU the BLAS matmul is no yardstick (oneDNN's convolutions outrun MKL's sgemm)
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        peak = matmul_rate(device, dtype)
+        grid_flops = SEED_GRID["trials"] * SEED_GRID["epochs"] * SEED_GRID["train_images"] * flops
+        print(f"compute: {str(dtype)[6:]} matmul measured at {peak / 1e12:.1f} TFLOP/s; the engine's training reaches "
+              f"{summaries['engine']['tflops'] * 1e12 / peak:.1%} of it; compute floor of the seed grid "
+              f"{fmt_duration(grid_flops / peak)}")
     print(f"engine / baseline training img/s: median {statistics.median(ratios):.2f} over {len(ratios)} adjacent pairs "
           f"(range {min(ratios):.2f} to {max(ratios):.2f}); ratio of the medians above "
           f"{summaries['engine']['train_ips'] / summaries['baseline']['train_ips']:.2f}")

@@ -2,9 +2,9 @@
 
 glibc gives every allocation above its mmap threshold (at most 32 MB) pages of its own and returns
 them to the kernel on free. AlexNet's fully connected weight gradients (151 MB and 67 MB) are created
-afresh by every backward pass, so each training step touches ~57,000 new 4 KiB pages (about 0.25 s
-of page faults on the 2-core VM this was measured on, a fifth of a batch-12 step at 224 px) and
-unmaps them again in `zero_grad`. Inside `retained_heap()` large blocks come from the heap and stay
+afresh by every backward pass, so each training step touches ~54,000 new 4 KiB pages and unmaps
+them again in `zero_grad`: about 50 ms of a 280 ms batch-12 step at 224 px on the quiet 2-core VM
+this was measured on, more when other processes compete for the cores (BENCHMARKS.md). Inside `retained_heap()` large blocks come from the heap and stay
 there when freed, so the next step reuses them without a fault. It changes where memory lives, not
 what is computed. Where glibc is absent (macOS, Windows, musl) it does nothing.
 """

@@ -110,13 +110,18 @@ PRESETS: dict[str, TrainConfig] = {
     # The original study's configuration (its best grid cell is lr 0.005, momentum 0.9, gamma 0.1).
     "seed": TrainConfig(),
     # Minutes on a 2-core CPU: 64x64 inputs (the images' native size; AlexNet's stride-4 stem then
-    # sees 16x less than at 224) and batch 64 to amortise the 57M-weight update.
-    "quick": TrainConfig(lr=0.01, momentum=0.9, gamma=0.1, step_size=6, batch_size=64, epochs=8, image_size=64),
+    # sees 12x fewer positions than at 224), batch 32 to amortise the 57M-weight update, and an lr
+    # high enough to leave the no-normalisation plateau at chance within two epochs.
+    "quick": TrainConfig(lr=0.02, momentum=0.9, gamma=0.1, step_size=8, batch_size=32, epochs=10, image_size=64),
     # A modern recipe for the same network and data (issue 6): nesterov SGD, warmup + cosine, weight
     # decay on weights, label smoothing, random resized crops.
     "recipe": TrainConfig(lr=0.02, momentum=0.9, batch_size=128, epochs=60, image_size=224, weight_decay=5e-4,
                           nesterov=True, schedule="cosine", warmup_epochs=5, label_smoothing=0.1, augment="rrc",
                           crop_scale=0.25),
+    # The recipe cut to about 15 minutes on a 2-core laptop CPU: 64x64 inputs, batch 32, 40 epochs.
+    "recipe-cpu": TrainConfig(lr=0.02, momentum=0.9, batch_size=32, epochs=40, image_size=64, weight_decay=5e-4,
+                              nesterov=True, schedule="cosine", warmup_epochs=2, label_smoothing=0.1, augment="rrc",
+                              crop_scale=0.35),
 }
 
 

@@ -30,6 +30,11 @@ GRID_PRESETS: dict[str, dict] = {
     "seed": {"preset": "seed", "lr": [0.0001, 0.001, 0.005], "momentum": [0.9, 0.5], "gamma": [0.1, 0.01]},
     # Same shape, sized for a 2-core CPU: several learning rates and momenta at 64x64, a few epochs.
     "quick": {"preset": "quick", "lr": [0.02, 0.01], "momentum": [0.9, 0.5], "epochs": [3]},
+    # The recipe's ablation (a GPU job): the full recipe, then each ingredient removed or added alone,
+    # over three seeds.
+    "recipe": {"preset": "recipe", "seed": [0, 1, 2], "variant": [
+        {}, {"augment": "crop"}, {"label_smoothing": 0.0}, {"weight_decay": 0.0},
+        {"schedule": "step", "warmup_epochs": 0, "step_size": 20, "gamma": 0.1}, {"mixup": 0.2}]},
 }
 
 

@@ -49,7 +49,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     biases = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": weights, "weight_decay": config.weight_decay}, {"params": biases, "weight_decay": 0.0}]
     # fused: one pass over weights, gradients and momenta per step instead of PyTorch's CPU default,
-    # a loop of three passes per tensor (57M weights: ~7% of a batch-12 step); equal up to rounding
+    # a loop of three passes per tensor (2-core CPU, 224 px, batch 12: 32 -> 19 ms of a ~200 ms
+    # step); equal to it up to rounding
     fused = weights[0].device.type in ("cpu", "cuda")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused)
 
