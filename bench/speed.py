@@ -40,6 +40,7 @@ from alexnet_tiny.allocator import retained_heap
 from alexnet_tiny.config import TrainConfig
 from alexnet_tiny.data import Split, ensure_dataset
 from alexnet_tiny.errors import UserError
+from alexnet_tiny.grid import format_duration
 from alexnet_tiny.model import AlexNet, count_parameters
 from alexnet_tiny.train import evaluate, make_optimizer, resolve_device, train_one_epoch
 from alexnet_tiny.transforms import MEAN, STD, resize_size, train_batch
@@ -290,16 +291,8 @@ def print_table(summaries: dict, peaks: dict, device) -> None:
     print("-" * len(head))
     for name, s in summaries.items():
         print(f"{name:9} {s['epoch_s']:13.1f} {s['train_ips']:11.1f} {s['eval_ips']:10.1f} "
-              f"{fmt_duration(s['grid_s']):>10} {s['x_floor']:8.1f} {s['measured_s']:8.1f}s {s['tflops']:8.3f} "
+              f"{format_duration(s['grid_s']):>10} {s['x_floor']:8.1f} {s['measured_s']:8.1f}s {s['tflops']:8.3f} "
               f"{s['floor_gbs']:10.2f} {peaks[name] / 2**30:10.2f} GiB {s['faults_per_step']:11.0f}")
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
 
 
 def breakdown(bench: Bench, repeats: int) -> None:
@@ -472,14 +465,14 @@ def main(argv=None) -> None:
           f"(4,000 train + 1,000 eval images); 'measured' is this run's own time.\n"
           f"floors: {flops / 1e9:.2f} GFLOP per training image; memory floor {FLOOR_BYTES_PER_PARAM} B x "
           f"{params / 1e6:.1f} M params per step at the measured copy bandwidth {bandwidth / 1e9:.1f} GB/s "
-          f"= {fmt_duration(floor_s)} for the seed grid ('x floor' = seed grid / that)")
+          f"= {format_duration(floor_s)} for the seed grid ('x floor' = seed grid / that)")
     if device.type == "cuda":  # on a CPU the BLAS matmul is no yardstick (oneDNN's convolutions outrun MKL's sgemm)
         dtype = torch.bfloat16 if args.bf16 else torch.float32
         peak = matmul_rate(device, dtype)
         grid_flops = SEED_GRID["trials"] * SEED_GRID["epochs"] * SEED_GRID["train_images"] * flops
         print(f"compute: {str(dtype)[6:]} matmul measured at {peak / 1e12:.1f} TFLOP/s; the engine's training reaches "
               f"{summaries['engine']['tflops'] * 1e12 / peak:.1%} of it; compute floor of the seed grid "
-              f"{fmt_duration(grid_flops / peak)}")
+              f"{format_duration(grid_flops / peak)}")
     print(f"engine / baseline training img/s: median {statistics.median(ratios):.2f} over {len(ratios)} adjacent pairs "
           f"(range {min(ratios):.2f} to {max(ratios):.2f}); ratio of the medians above "
           f"{summaries['engine']['train_ips'] / summaries['baseline']['train_ips']:.2f}")
