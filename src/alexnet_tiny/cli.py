@@ -30,7 +30,8 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
         else:
             p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=helps.get(name))
-    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study), quick (CPU minutes) or recipe (modern training)")
+    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study), quick (CPU minutes), recipe (modern training, GPU) "
+                        "or recipe-cpu (the recipe in about 15 CPU minutes)")
 
 
 def config_from_args(args):
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
-    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes) or seed (the original 12 trials)")
+    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes), seed (the original 12 trials) "
+                        "or recipe (the recipe's ablation over 3 seeds)")
     p.add_argument("--config", default=None, help="TOML grid file (see grids/seed.toml); overrides --preset")
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
