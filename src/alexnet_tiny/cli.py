@@ -120,8 +120,8 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="alexnet-tiny", description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.description = "AlexNet on Tiny Image10: prepare data, train, evaluate."
+    ap = argparse.ArgumentParser(prog="alexnet-tiny", description="AlexNet on Tiny Image10: prepare data, train one "
+                                 "configuration or a grid, evaluate, report, predict.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="split an archive into a prepared dataset folder and decoded cache")
