@@ -133,12 +133,9 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = proc_field("/proc/self/status", "VmHWM:")  # e.g. "  123456 kB"
+    if hwm is not None:
+        return int(hwm.split()[0]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process-wide, never reset
 
 
@@ -482,13 +479,20 @@ def main(argv=None) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    model = proc_field("/proc/cpuinfo", "model name")
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model.split(':', 1)[-1].strip()}, {capability}" if model is not None else capability
+
+
+def proc_field(path: str, prefix: str) -> str | None:
+    """The rest of the first line of a /proc file that starts with `prefix` (None off Linux)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {torch.backends.cpu.get_cpu_capability()}"
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):]
     except OSError:
         pass
-    return torch.backends.cpu.get_cpu_capability()
+    return None
 
 
 if __name__ == "__main__":

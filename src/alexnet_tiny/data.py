@@ -273,6 +273,9 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.files)
+
 
 @dataclass
 class Dataset:
@@ -285,6 +288,10 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.wnids)
+
+    def to(self, device) -> "Dataset":
+        """The same dataset with every split's tensors on `device` (no copy where they already are)."""
+        return Dataset(self.root, self.wnids, self.names, {k: v.to(device) for k, v in self.splits.items()}, self.meta)
 
 
 def read_meta(root: Path) -> dict:

@@ -145,10 +145,11 @@ def evaluate(model, split: Split, image_size: int, device, num_classes: int) -> 
     if len(split) == 0:
         return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64))
     logits = predict_logits(model, split.images, image_size, device).cpu()
-    loss = F.cross_entropy(logits, split.labels, reduction="sum").item() / len(split)
+    labels = split.labels.cpu()
+    loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(split)
     pred = logits.argmax(1)
-    confusion = torch.bincount(split.labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
-    return Evaluation(loss, (pred == split.labels).double().mean().item(), confusion)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+    return Evaluation(loss, (pred == labels).double().mean().item(), confusion)
 
 
 # ----------------------------------------------------------------------------- a run
@@ -203,6 +204,7 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     config.validate()
     dev = resolve_device(device)
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
+    dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else Path("runs") / config.name()
     previous = _check_resumable(out, config, resume)
     if previous is not None and previous["status"] in (runlog.STATUS_DONE, runlog.STATUS_DIVERGED):
