@@ -14,14 +14,15 @@ from .errors import UserError
 from .model import AlexNet
 
 
-def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
+def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) -> dict:
+    """mmap: map the tensors instead of reading them (to look at the header fields cheaply)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 164" from a foreign file: the error says it
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - foreign bytes fail the weights-only unpickler in many ways
         # (UnpicklingError, KeyError, IndexError, struct.error, zip errors ...); none may run code
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__

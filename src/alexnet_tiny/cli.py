@@ -34,6 +34,12 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
                         "or recipe-cpu (the recipe in about 15 CPU minutes)")
 
 
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=["auto", "stacked", "single"],
+                   help="stacked: trials sharing a data stream train together as one stacked model (engine.py); "
+                        "single: one trial at a time; auto (default): stacked on a GPU, single on the CPU")
+
+
 def config_from_args(args):
     overrides = {n: getattr(args, n) for n in HYPERPARAMETERS if getattr(args, n) is not None}
     return preset(args.preset).replace(**overrides).validate()
@@ -55,7 +61,7 @@ def cmd_train(args) -> int:
     from .train import train
     config = config_from_args(args)
     rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
-                progress=not args.quiet, log=log)
+                progress=not args.quiet, log=log, engine=args.engine)
     out = args.out or f"runs/{config.name()}"
     best, test = rec["best_val_accuracy"], rec["test_accuracy_at_best"]
     verdict = (f"best val {best:.3f} at epoch {rec['best_epoch']}, test {test:.3f}" if best is not None
@@ -84,7 +90,8 @@ def cmd_grid(args) -> int:
     t0 = time.time()
     ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
     rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
-                    progress=not args.quiet, log=log, ray_options=ray_options)
+                    progress=not args.quiet, log=log, ray_options=ray_options, engine=args.engine,
+                    max_stack=args.max_stack)
     if not args.no_report:
         from .report import write_report
         write_report(out, progress=not args.quiet, log=log)
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hyperparameter_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_engine_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -159,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="skip finished trials, continue unfinished ones")
     p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="local (one trial after another) or ray")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="local (this machine) or ray")
+    add_engine_flag(p)
+    p.add_argument("--max-stack", type=int, default=None, metavar="N",
+                   help="stacked engine: at most N trials at once (default: as many as fit in memory)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
@@ -195,5 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alexnet-tiny {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"alexnet-tiny {args.command}: interrupted; finished epochs are saved (rerun with --resume)", file=sys.stderr)
+        print(f"alexnet-tiny {args.command}: interrupted; rerun with --resume to continue from the last checkpoint",
+              file=sys.stderr)
         return 130

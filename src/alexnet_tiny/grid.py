@@ -209,19 +209,28 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> No
 
 
 def run_trial(config: TrainConfig, dataset: Dataset | Path | str, out: Path, device: str, progress: bool,
-              log=print, callback=None) -> dict:
+              log=print, callback=None, engine: str = "single") -> dict:
     """One trial; a crash is recorded as status failed (with its reason) instead of stopping the grid."""
-    from .train import train
-    run = out / config.name()
+    return run_trials([config], dataset, out, device, progress, log, callback, engine)[0]
+
+
+def run_trials(configs: list[TrainConfig], dataset: Dataset | Path | str, out: Path, device, progress: bool,
+               log=print, callback=None, engine: str = "single") -> list[dict]:
+    """Trials of one stack (or one trial alone); a crash marks them failed instead of stopping the grid."""
     try:
-        return train(config, data=dataset, out=run, device=device, resume=True, progress=progress, log=log,
-                     callback=callback)
+        if engine == "stacked":
+            from .engine import train_stack
+            return train_stack(configs, dataset, [out / c.name() for c in configs], device, resume=True,
+                               progress=progress, log=log, callback=callback)
+        from .train import train
+        return [train(configs[0], data=dataset, out=out / configs[0].name(), device=str(device), resume=True,
+                      progress=progress, log=log, callback=callback, engine="single")]
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
         reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        log(f"trial {config.name()} failed: {reason}")
-        return record_failure(config, out, reason)
+        log(f"trial {', '.join(c.name() for c in configs)} failed: {reason}")
+        return [record_failure(c, out, reason) for c in configs]
 
 
 def record_failure(config: TrainConfig, out: Path, reason: str) -> dict:
@@ -235,8 +244,10 @@ def record_failure(config: TrainConfig, out: Path, reason: str) -> dict:
 
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
              backend: str = "local", progress: bool = True, log=print, ray_options: dict | None = None,
-             estimate: bool = True) -> list[dict]:
-    """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md."""
+             estimate: bool = True, engine: str = "auto", max_stack: int | None = None) -> list[dict]:
+    """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md.
+    engine (local backend): "stacked" trains trials that share a data stream together (engine.py),
+    "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack."""
     out = Path(out)
     if backend == "ray":
         from .ray_backend import run_trials_on_ray  # a missing Ray stops here, before any work
@@ -259,13 +270,23 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     if backend == "ray":
         run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log)
     elif backend == "local":
+        from .engine import plan_stacks, resolve_engine
+        engine = resolve_engine(engine, dev, log)
+        if engine == "stacked":
+            stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
+            groups = [[todo[i] for i in s] for s in stacks]
+            if any(len(g) > 1 for g in groups):
+                log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of "
+                    f"{', '.join(str(len(g)) for g in groups)}")
+        else:
+            groups = [[t] for t in todo]
         bar = progress_bar(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
                            enabled=progress, position=1)
         try:
-            for t in todo:
-                run_trial(t, dataset, out, device, progress, log=log)
+            for group in groups:
+                run_trials(group, dataset, out, dev, progress, log=log, engine=engine)
                 write_results(out, collect_results(out, trials))
-                bar.update()
+                bar.update(len(group))
         finally:
             bar.close()
     else:

@@ -80,6 +80,50 @@ def mixup_weights(config: TrainConfig, generator: torch.Generator, n_batches: in
 
 # ----------------------------------------------------------------------------- epochs
 
+def lr_at(config: TrainConfig, epoch_index: int) -> float:
+    """The learning rate of epoch `epoch_index` (0-based), in closed form; the schedulers of
+    `make_scheduler` reach the same values by stepping (up to rounding)."""
+    if config.schedule == "cosine":
+        return config.lr * lr_factor(config, epoch_index)
+    return config.lr * config.gamma ** (epoch_index // config.step_size)
+
+
+def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progress: bool = True):
+    """The data stream of one epoch: (x, y, mixup weight) per step, all randomness from (seed, epoch).
+    Every trial with the same seed, batch size, image size and augmentation sees the same stream,
+    dropout masks included (they come from the global generator, reseeded here)."""
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
+    images, labels = split.images.to(device), split.labels.to(device)
+    order = torch.randperm(len(split), generator=generator)
+    batches = range(0, len(split), config.batch_size)
+    mix = mixup_weights(config, generator, len(batches))
+    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
+    for step, i in enumerate(bar):
+        idx = order[i:i + config.batch_size].to(device)
+        x = train_batch(images[idx], config.image_size, generator, config.augment, config.crop_scale)
+        lam = mix[step]
+        if lam < 1.0:  # mixup with the batch reversed
+            x = lam * x + (1 - lam) * x.flip(0)
+        yield x, labels[idx], lam
+
+
+def mixed_loss(loss_fn, out: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    loss = loss_fn(out, y)
+    return loss if lam >= 1.0 else lam * loss + (1 - lam) * loss_fn(out, y.flip(0))
+
+
+def match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each momentum buffer its parameter's memory layout: the fused kernel walks both as flat
+    memory, so a contiguous buffer (from a checkpoint) beside an NHWC weight would be misread."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            buf = state.get("momentum_buffer")
+            if buf is not None and buf.stride() != p.stride():
+                state["momentum_buffer"] = torch.empty_like(p).copy_(buf)
+
+
 @retained_heap()  # CPU: the fresh gradients of every step reuse freed memory instead of faulting
 def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device, epoch: int,
                     progress: bool = True) -> dict:
@@ -87,27 +131,14 @@ def train_one_epoch(model, optimizer, split: Split, config: TrainConfig, device,
     on_cpu = torch.device(device).type == "cpu"
     if on_cpu:  # oneDNN's convolutions are faster on NHWC weights (~12% of a 224 px step)
         model.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-    torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
-    images, labels = split.images.to(device), split.labels.to(device)
-    order = torch.randperm(len(split), generator=generator)
+        match_layout(optimizer)
+    loss_fn = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     start = time.perf_counter()
-    batches = range(0, len(split), config.batch_size)
-    mix = mixup_weights(config, generator, len(batches))
-    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
-    for step, i in enumerate(bar):
-        idx = order[i:i + config.batch_size].to(device)
-        x = train_batch(images[idx], config.image_size, generator, config.augment, config.crop_scale)
-        y = labels[idx]
-        lam = mix[step]
-        if lam < 1.0:  # mixup with the batch reversed
-            x = lam * x + (1 - lam) * x.flip(0)
+    for x, y, lam in epoch_batches(split, config, device, epoch, progress):
         out = model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
-        if lam < 1.0:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(out, y.flip(0), label_smoothing=config.label_smoothing)
+        loss = mixed_loss(loss_fn, out, y, lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,15 +172,19 @@ def predict_logits(model, images: torch.Tensor, image_size: int, device, batch_s
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
-def evaluate(model, split: Split, image_size: int, device, num_classes: int) -> Evaluation:
-    if len(split) == 0:
+def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
+    """Loss, accuracy and confusion matrix from a split's logits."""
+    if len(labels) == 0:
         return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64))
-    logits = predict_logits(model, split.images, image_size, device).cpu()
-    labels = split.labels.cpu()
-    loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(split)
+    logits, labels = logits.float().cpu(), labels.cpu()
+    loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
     pred = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
     return Evaluation(loss, (pred == labels).double().mean().item(), confusion)
+
+
+def evaluate(model, split: Split, image_size: int, device, num_classes: int) -> Evaluation:
+    return evaluation(predict_logits(model, split.images, image_size, device), split.labels, num_classes)
 
 
 # ----------------------------------------------------------------------------- a run
@@ -195,96 +230,150 @@ def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | Non
     return previous
 
 
-def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
-          device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None) -> dict:
-    """Train one configuration into the run folder `out`; returns the record saved as config.json.
-    `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them)."""
-    from torch.utils.tensorboard import SummaryWriter
+class RunFolder:
+    """One trial's run folder through its run: what a resume starts from, the per-epoch logs
+    (metrics.jsonl, TensorBoard, config.json), checkpoints and the final record. `train` drives one;
+    the multi-trial engine drives one per trial it advances."""
 
+    def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, device, resume: bool, log=print):
+        self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
+        self.previous = _check_resumable(self.out, config, resume)
+        self.finished = self.previous is not None and self.previous["status"] in (runlog.STATUS_DONE,
+                                                                                 runlog.STATUS_DIVERGED)
+        self.best = {"val_accuracy": -1.0, "epoch": 0, "test_accuracy": None}
+        self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None
+        self.writer = None
+
+    def resume_checkpoint(self) -> dict | None:
+        """last.pt of the run being resumed (None for a fresh start); logs past it are dropped."""
+        ckpt = None
+        last = self.out / runlog.LAST_CKPT
+        if self.previous is not None and last.exists():
+            ckpt = load_checkpoint(last, map_location=self.device)
+            self.best, self.elapsed, self.start_epoch = ckpt["best"], ckpt["elapsed_seconds"], ckpt["epoch"] + 1
+        kept = runlog.truncate_metrics(self.out, self.start_epoch - 1) if self.previous is not None else []
+        if kept:
+            self.final_train_loss = kept[-1]["train_loss"]
+        if self.start_epoch > 1:
+            self.log(f"resuming {self.out} at epoch {self.start_epoch}/{self.config.epochs}")
+        return ckpt
+
+    def open(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp-*"):  # a checkpoint half-written when a previous run was killed
+            stale.unlink()
+        runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
+        # purge_step drops any scalars an interrupted run wrote past its last checkpoint (even if it has none)
+        self.writer = SummaryWriter(str(self.out), purge_step=self.start_epoch if self.previous is not None else None)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def record(self, status: str, reason: str | None = None) -> dict:
+        return run_record(self.config, self.dataset, self.device, status, self.best, self.start_epoch - 1,
+                          self.final_train_loss, self.elapsed, reason)
+
+    def end_epoch(self, epoch: int, tr: dict, val: Evaluation, test: Evaluation, lr: float, seconds: float) -> bool:
+        """Log a finished epoch; True when it is the best so far on validation."""
+        self.elapsed += seconds
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "val_loss": val.loss, "val_accuracy": val.accuracy, "test_loss": test.loss,
+               "test_accuracy": test.accuracy, "lr": lr, "epoch_seconds": seconds,
+               "images_per_second": tr["images_per_second"]}
+        # logs first, then checkpoints: a kill in between only makes resume redo this epoch
+        runlog.append_metrics(self.out, row)
+        for key, tag in runlog.TAGS.items():
+            self.writer.add_scalar(tag, row[key], epoch)
+        self.writer.flush()
+        self.final_train_loss = tr["loss"]
+        self.start_epoch = epoch + 1
+        self.row = row
+        improved = val.accuracy > self.best["val_accuracy"]
+        if improved:
+            self.best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
+        return improved
+
+    def save(self, name: str, model, optimizer=None, scheduler=None) -> None:
+        """best.pt (weights only) or last.pt (with optimizer and scheduler) as of the last finished epoch."""
+        ckpt = checkpoint_dict(model, optimizer, scheduler, self.start_epoch - 1, self.config, self.dataset,
+                               self.best, self.elapsed, full=optimizer is not None)
+        atomic_torch_save(ckpt, self.out / name)
+        if optimizer is not None:  # config.json's epochs_done counts the epochs a resume keeps
+            runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
+
+    def diverge(self, epoch: int, loss: float, seconds: float) -> dict:
+        reason = f"train loss became {loss} at epoch {epoch}"
+        runlog.append_metrics(self.out, {"epoch": epoch, "status": runlog.STATUS_DIVERGED, "reason": reason})
+        self.elapsed += seconds
+        final = self.record(runlog.STATUS_DIVERGED, reason)
+        runlog.write_config(self.out, final)
+        self.log(f"diverged: {reason} ({self.out.name})")
+        return final
+
+    def finish(self) -> dict:
+        final = self.record(runlog.STATUS_DONE)
+        write_hparams(self.writer, self.config, final)
+        runlog.write_config(self.out, final)
+        return final
+
+
+def epoch_line(epoch: int, config: TrainConfig, tr: dict, val: Evaluation, test: Evaluation, seconds: float) -> str:
+    return (f"epoch {epoch}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
+            f"val {val.accuracy:.3f}  test {test.accuracy:.3f}  {seconds:.1f}s ({tr['images_per_second']:.0f} img/s)")
+
+
+def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
+          device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None,
+          engine: str = "auto") -> dict:
+    """Train one configuration into the run folder `out`; returns the record saved as config.json.
+    `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
+    engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single"."""
     config.validate()
     dev = resolve_device(device)
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else Path("runs") / config.name()
-    previous = _check_resumable(out, config, resume)
-    if previous is not None and previous["status"] in (runlog.STATUS_DONE, runlog.STATUS_DIVERGED):
-        log(f"{out}: already finished ({previous['status']}), nothing to do")
-        return previous
+    from .engine import resolve_engine, train_stack
+    if resolve_engine(engine, dev, log) == "stacked":
+        return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
+                           callback=callback)[0]
+    run = RunFolder(config, dataset, out, dev, resume, log)
+    if run.finished:
+        log(f"{out}: already finished ({run.previous['status']}), nothing to do")
+        return run.previous
 
     torch.manual_seed(config.seed)
     model = AlexNet(dataset.num_classes).to(dev)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
-    best = {"val_accuracy": -1.0, "epoch": 0, "test_accuracy": None}
-    start_epoch, elapsed, final_train_loss = 1, 0.0, None
-    last_path = out / runlog.LAST_CKPT
-    if previous is not None and last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=dev)
+    ckpt = run.resume_checkpoint()
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
-        best, elapsed, start_epoch = ckpt["best"], ckpt["elapsed_seconds"], ckpt["epoch"] + 1
-    kept = runlog.truncate_metrics(out, start_epoch - 1) if previous is not None else []
-    if kept:
-        final_train_loss = kept[-1]["train_loss"]
-    if start_epoch > 1:
-        log(f"resuming {out} at epoch {start_epoch}/{config.epochs}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp-*"):  # a checkpoint half-written when a previous run was killed
-        stale.unlink()
-    record = lambda status, reason=None: run_record(config, dataset, dev, status, best, start_epoch - 1,
-                                                    final_train_loss, elapsed, reason)
-    runlog.write_config(out, record(runlog.STATUS_RUNNING))
-    # purge_step drops any scalars an interrupted run wrote past its last checkpoint (even if it has none)
-    writer = SummaryWriter(str(out), purge_step=start_epoch if previous is not None else None)
+    run.open()
     try:
-        for epoch in range(start_epoch, config.epochs + 1):
+        for epoch in range(run.start_epoch, config.epochs + 1):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             tr = train_one_epoch(model, optimizer, dataset.splits["train"], config, dev, epoch, progress)
             if not math.isfinite(tr["loss"]):
-                reason = f"train loss became {tr['loss']} at epoch {epoch}"
-                runlog.append_metrics(out, {"epoch": epoch, "status": runlog.STATUS_DIVERGED, "reason": reason})
-                elapsed += time.perf_counter() - t0
-                final = record(runlog.STATUS_DIVERGED, reason)
-                runlog.write_config(out, final)
-                log(f"diverged: {reason}")
-                return final
+                return run.diverge(epoch, tr["loss"], time.perf_counter() - t0)
             val = evaluate(model, dataset.splits["val"], config.image_size, dev, dataset.num_classes)
             test = evaluate(model, dataset.splits["test"], config.image_size, dev, dataset.num_classes)
             scheduler.step()
-            elapsed += time.perf_counter() - t0
-            row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                   "val_loss": val.loss, "val_accuracy": val.accuracy, "test_loss": test.loss,
-                   "test_accuracy": test.accuracy, "lr": lr, "epoch_seconds": time.perf_counter() - t0,
-                   "images_per_second": tr["images_per_second"]}
-            # logs first, then checkpoints: a kill in between only makes resume redo this epoch
-            runlog.append_metrics(out, row)
-            for key, tag in runlog.TAGS.items():
-                writer.add_scalar(tag, row[key], epoch)
-            writer.flush()
-            final_train_loss = tr["loss"]
-            improved = val.accuracy > best["val_accuracy"]
-            if improved:
-                best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
-            args = (model, optimizer, scheduler, epoch, config, dataset, best, elapsed)
-            if improved:
-                atomic_torch_save(checkpoint_dict(*args, full=False), out / runlog.BEST_CKPT)
-            atomic_torch_save(checkpoint_dict(*args), last_path)
-            start_epoch = epoch + 1
-            runlog.write_config(out, record(runlog.STATUS_RUNNING))
-            log(f"epoch {epoch}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
-                f"val {val.accuracy:.3f}  test {test.accuracy:.3f}  {row['epoch_seconds']:.1f}s "
-                f"({tr['images_per_second']:.0f} img/s)")
+            seconds = time.perf_counter() - t0
+            if run.end_epoch(epoch, tr, val, test, lr, seconds):
+                run.save(runlog.BEST_CKPT, model)
+            run.save(runlog.LAST_CKPT, model, optimizer, scheduler)
+            log(epoch_line(epoch, config, tr, val, test, seconds))
             if callback is not None:
-                callback(row)
-        final = record(runlog.STATUS_DONE)
-        write_hparams(writer, config, final)
-        runlog.write_config(out, final)
-        return final
+                callback(run.row)
+        return run.finish()
     finally:
-        writer.close()
+        run.close()
 
 
 def write_hparams(writer, config: TrainConfig, final: dict) -> None:

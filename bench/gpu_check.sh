@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU check and timing of issues 5 and 6 in one call, sized for the device machine's budget
+# (one call, at most 10 minutes; each stage has its own timeout so a slow one cannot eat the rest).
+#
+#   PYTHONPATH=src bash bench/gpu_check.sh                 # on the GPU machine, from the repository root
+#   PYTHONPATH=src DEVICE=cpu SMALL=1 bash bench/gpu_check.sh   # a rehearsal of every stage on the CPU
+#
+# Everything it prints goes to $OUT/gpu_check.log (and the grid's results.csv, the runs' metrics)
+# so that the numbers can be copied into BENCHMARKS.md and RESULTS.md with their commands.
+set -uo pipefail
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/gpu-check}
+DATA=${DATA:-/tmp/gpu-check-data/tiny-image10}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+
+if [ -n "${SMALL:-}" ]; then  # rehearsal: every stage, tiny
+    BENCH="--trials 1 --epochs 1 --steps 2 --warmup 1 --eval-images 8 --image-size 64"
+    SEED_GRID="--config $OUT/seed-small.toml"
+    printf 'preset = "seed"\nlr = [0.005, 0.001]\nmomentum = [0.9]\nepochs = 1\nimage_size = 64\n' > "$OUT/seed-small.toml"
+    RECIPE="--epochs 1 --image-size 64 --batch-size 32"
+    T_GRID=600 T_RECIPE=300
+else
+    BENCH="--trials 2 --epochs 2 --steps 100 --warmup 10 --eval-images 500"
+    SEED_GRID="--preset seed"
+    RECIPE=""
+    T_GRID=${T_GRID:-240} T_RECIPE=${T_RECIPE:-120}
+fi
+
+stage() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
+
+stage "machine"
+nvidia-smi -L 2>/dev/null || true
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+$PY -m alexnet_tiny prepare --out "$DATA" -q
+
+stage "1. speed: naive baseline vs the single-trial engine (fp32)"
+timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH
+
+stage "2. speed: baseline vs 12 stacked trials (fp32)"
+timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12
+
+stage "3. speed: baseline vs 12 stacked trials (bf16 autocast)"
+timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --bf16
+
+stage "4. the seed grid end to end (12 trials x 35 epochs, batch 12, 224 px), stacked engine, fp32"
+rm -rf "$OUT/seed"
+/usr/bin/time -f "seed grid wall %e s, max RSS %M KiB" timeout "$T_GRID" \
+    $PY -m alexnet_tiny grid $SEED_GRID --device "$DEVICE" --data "$DATA" --out "$OUT/seed" --no-report -q
+cp "$OUT/seed/results.csv" "$OUT/seed-results.csv" 2>/dev/null || true
+
+stage "5. the recipe, seed 0, bf16"
+rm -rf "$OUT/recipe"
+/usr/bin/time -f "recipe wall %e s" timeout "$T_RECIPE" \
+    $PY -m alexnet_tiny train --preset recipe $RECIPE --precision bf16 --device "$DEVICE" --data "$DATA" \
+    --out "$OUT/recipe" -q
+cp "$OUT/recipe/metrics.jsonl" "$OUT/recipe-metrics.jsonl" 2>/dev/null || true
+find "$OUT" -name '*.pt' -delete  # checkpoints are too big to bring back
+stage "done"

@@ -1,0 +1,237 @@
+"""engine.py: trials trained together in one stack are the same trials as trained alone.
+
+Three trials that share a data stream but differ in lr, momentum, schedule, weight decay, nesterov
+and label smoothing are trained once stacked and once each alone (train.py's loop, fp32 on the CPU,
+dropout from the same generator); their metrics, weights, momenta and schedules must agree to
+rounding. Then the stack's run folders, resume (also across engines), divergence of one trial
+in a stack, planning and the CLI."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_tiny import runlog
+from alexnet_tiny.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet_tiny.data import load_dataset
+from alexnet_tiny.engine import (StackedAlexNet, plan_stacks, resolve_engine, stack_capacity, stream_key,
+                                 train_stack, trial_bytes, trial_losses)
+from alexnet_tiny.errors import UserError
+from alexnet_tiny.model import AlexNet, count_parameters
+from alexnet_tiny.train import train
+from conftest import FAST, run_cli
+
+BASE = FAST.replace(lr=0.02, batch_size=16, epochs=2)  # 12 steps an epoch on small_data
+TRIALS = [BASE,
+          BASE.replace(lr=0.01, momentum=0.5, weight_decay=5e-4, nesterov=True, label_smoothing=0.1),
+          BASE.replace(lr=0.03, schedule="cosine", warmup_epochs=1)]
+DIVERGING = BASE.replace(lr=1e6)
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def dataset(small_data):
+    return load_dataset(small_data, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stacked(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("engine") / "stacked"
+    train_stack(TRIALS, dataset, [out / t.name() for t in TRIALS], "cpu", progress=False, log=quiet,
+                checkpoint_seconds=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def alone(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("engine") / "alone"
+    for t in TRIALS:
+        train(t, dataset, out / t.name(), device="cpu", progress=False, log=quiet, engine="single")
+    return out
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+
+def assert_same_trial(run_a: Path, run_b: Path) -> None:
+    """Two run folders of one trial agree to rounding. The tolerances are what rounding alone does to
+    train.py's own loop here: the same trials trained alone with 1 thread instead of 2 (another
+    summation order) end 2e-4 / 1e-3 apart in weights and 7% / 2.5% in momenta (relative norms),
+    because ReLU and argmax boundaries amplify last-bit differences over 24 steps."""
+    rows_a, rows_b = runlog.read_metrics(run_a), runlog.read_metrics(run_b)
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b] and rows_a
+    for a, b in zip(rows_a, rows_b):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+        for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+            assert abs(a[key] - b[key]) <= 1 / 60 + 1e-12, (a["epoch"], key)  # at most one image in 60
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-3), (a["epoch"], key, a[key], b[key])
+    last_a, last_b = (load_checkpoint(r / runlog.LAST_CKPT) for r in (run_a, run_b))
+    assert last_a["epoch"] == last_b["epoch"]
+    assert last_a["model"].keys() == last_b["model"].keys()
+    for name, w in last_a["model"].items():
+        assert relative_error(w, last_b["model"][name]) < 1e-2, name
+    state_a, state_b = last_a["optimizer"]["state"], last_b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys()
+    for i in state_a:
+        assert relative_error(state_a[i]["momentum_buffer"], state_b[i]["momentum_buffer"]) < 0.25, i
+    assert last_a["optimizer"]["param_groups"] == last_b["optimizer"]["param_groups"]
+    assert last_a["lr_scheduler"].keys() == last_b["lr_scheduler"].keys()
+    assert last_a["lr_scheduler"]["_last_lr"] == pytest.approx(last_b["lr_scheduler"]["_last_lr"], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the stacked model
+
+def test_stacked_forward_and_gradients_equal_separate_models():
+    torch.manual_seed(0)
+    models = [AlexNet(5) for _ in range(3)]
+    stack = StackedAlexNet(models[0], 3)
+    for k, m in enumerate(models):
+        stack.load_trial(k, m.state_dict())
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    smoothing = torch.tensor([0.0, 0.1, 0.2])
+    torch.manual_seed(1)
+    losses = trial_losses(stack(x), y, smoothing)
+    losses.sum().backward()
+    for k, m in enumerate(models):
+        torch.manual_seed(1)  # the same dropout masks: the stack draws one per layer, as each model does
+        m.train()
+        loss = torch.nn.functional.cross_entropy(m(x), y, label_smoothing=float(smoothing[k]))
+        loss.backward()
+        assert torch.allclose(losses[k], loss, rtol=1e-5)
+        for (name, p), sp in zip(m.named_parameters(), stack.params):
+            assert torch.allclose(sp.grad[k], p.grad, atol=1e-6, rtol=1e-4), name
+    stack.eval()
+    with torch.no_grad():
+        logits = stack(x)
+        for k, m in enumerate(models):
+            assert torch.allclose(logits[k], m.eval()(x), atol=1e-5)
+
+
+def test_stack_weights_are_k_alexnets():
+    stack = StackedAlexNet(AlexNet(10), 4)
+    assert sum(p.numel() for p in stack.params) == 4 * count_parameters(AlexNet(10))
+    assert stack.trial_state_dict(3).keys() == AlexNet(10).state_dict().keys()
+
+
+# ----------------------------------------------------------------------------- stacked = alone
+
+@pytest.mark.slow
+def test_a_stacked_trial_matches_the_same_trial_trained_alone(stacked, alone):
+    for t in TRIALS:
+        assert_same_trial(stacked / t.name(), alone / t.name())
+        first = [runlog.read_metrics(r / t.name())[0] for r in (stacked, alone)]
+        assert first[0]["train_loss"] == pytest.approx(first[1]["train_loss"], rel=1e-6)  # before any drift
+    # the plain trial stays within float rounding all the way
+    a, b = (load_checkpoint(r / TRIALS[0].name() / runlog.LAST_CKPT)["model"] for r in (stacked, alone))
+    assert max(relative_error(a[k], b[k]) for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_stacked_run_folders_are_what_train_writes(stacked, alone, dataset):
+    for t in TRIALS:
+        run = stacked / t.name()
+        rec, ref = runlog.read_config(run), runlog.read_config(alone / t.name())
+        assert rec["status"] == "done" and rec["config"] == t.to_dict() and rec["epochs_done"] == 2
+        assert rec.keys() == ref.keys() and rec["best_epoch"] == ref["best_epoch"]
+        scalars = runlog.read_scalars(run)
+        assert all([s for s, _ in scalars[tag]] == [1, 2] for tag in runlog.TAGS.values())
+        assert scalars[runlog.HPARAM_METRICS["best_val_accuracy"]][0][1] == pytest.approx(rec["best_val_accuracy"])
+        best = load_checkpoint(run / runlog.BEST_CKPT)
+        assert best["epoch"] == rec["best_epoch"] and "optimizer" not in best
+        model_from_checkpoint(best)  # loads into a plain AlexNet
+
+
+@pytest.mark.slow
+def test_resume_of_an_interrupted_stack(stacked, dataset, tmp_path):
+    out = tmp_path / "interrupted"
+    outs = [out / t.name() for t in TRIALS]
+
+    def stop_after_epoch_1(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stack(TRIALS, dataset, outs, "cpu", progress=False, log=quiet, checkpoint_seconds=0,
+                    callback=stop_after_epoch_1)
+    assert [load_checkpoint(o / runlog.LAST_CKPT)["epoch"] for o in outs] == [1, 1, 1]
+    assert plan_stacks([*TRIALS, TRIALS[0]], [*outs, tmp_path / "fresh"], torch.device("cpu"), 3) == [[0, 1, 2], [3]]
+    # one trial continues alone in train.py's loop, from the engine's checkpoint
+    moved = Path(shutil.copytree(outs[1], tmp_path / "alone" / TRIALS[1].name()))
+    train(TRIALS[1], dataset, moved, device="cpu", resume=True, progress=False, log=quiet, engine="single")
+    assert_same_trial(moved, stacked / TRIALS[1].name())
+    # the stack continues: exactly the uninterrupted runs
+    logged = []
+    train_stack(TRIALS, dataset, outs, "cpu", progress=False, log=logged.append)
+    assert logged[0] == f"resuming {outs[0]} at epoch 2/2"
+    for t, o in zip(TRIALS, outs):
+        assert without_timing(runlog.read_metrics(o)) == without_timing(runlog.read_metrics(stacked / t.name()))
+        assert [s for s, _ in runlog.read_scalars(o)["val/accuracy"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_leaves_its_stack_mates_alone(alone, dataset, tmp_path):
+    logged = []
+    records = train_stack([DIVERGING, TRIALS[0]], dataset, [tmp_path / "d", tmp_path / "ok"], "cpu",
+                          progress=False, log=logged.append)
+    assert [r["status"] for r in records] == ["diverged", "done"]
+    assert records[0]["reason"].startswith("train loss became") and records[0]["best_val_accuracy"] is None
+    assert any(m.startswith("diverged: train loss became") for m in logged)
+    assert not (tmp_path / "d" / runlog.LAST_CKPT).exists()
+    assert_same_trial(tmp_path / "ok", alone / TRIALS[0].name())
+
+
+# ----------------------------------------------------------------------------- planning
+
+def test_plan_groups_by_data_stream_and_chunks(tmp_path):
+    trials = [BASE.replace(lr=lr) for lr in (0.1, 0.2, 0.3)] + [BASE.replace(seed=1), BASE.replace(lr=0.4)]
+    outs = [tmp_path / t.name() for t in trials]
+    cpu = torch.device("cpu")
+    assert plan_stacks(trials, outs, cpu, 10) == [[0, 1, 2, 4], [3]]
+    assert plan_stacks(trials, outs, cpu, 10, max_stack=2) == [[0, 1], [2, 4], [3]]
+    assert stream_key(BASE.replace(lr=9, momentum=0.1, nesterov=True, label_smoothing=0.2)) == stream_key(BASE)
+    assert stream_key(BASE.replace(mixup=0.2)) != stream_key(BASE)
+
+
+def test_memory_estimate_and_capacity():
+    params = count_parameters(AlexNet(10))
+    small, large = trial_bytes(BASE, 10), trial_bytes(BASE.replace(image_size=224, batch_size=128), 10)
+    assert 16 * params < small < large < 16 * params + (4 << 30)
+    assert stack_capacity(BASE, 10, torch.device("cpu")) >= 1
+
+
+def test_engine_choice():
+    cpu = torch.device("cpu")
+    assert resolve_engine("auto", cpu) == "single" and resolve_engine("stacked", cpu) == "stacked"
+    assert resolve_engine("auto", torch.device("cuda")) == "stacked"
+    noted = []
+    assert resolve_engine("stacked", torch.device("meta"), noted.append) == "single" and noted
+    with pytest.raises(UserError, match="--engine fast: expected one of auto, stacked, single"):
+        resolve_engine("fast", cpu)
+
+
+@pytest.mark.slow
+def test_grid_cli_with_the_stacked_engine(small_data, tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('preset = "quick"\nlr = [0.02, 0.01]\nmomentum = [0.9, 0.5]\nepochs = 1\nbatch_size = 32\n')
+    proc = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "g", "--device", "cpu",
+                   "--engine", "stacked", "--max-stack", "3", "--no-report", "-q", check=True)
+    assert "stacked engine: 4 trials in 2 stack(s) of 3, 1" in proc.stderr
+    assert "stack of 3 trials: epochs 1-1 in " in proc.stderr and "peak memory" in proc.stderr
+    assert proc.stdout.startswith(f"grid {tmp_path / 'g'}: 4 trials (4 done) in ")
+    for name in (p.name for p in (tmp_path / "g").iterdir() if p.is_dir()):
+        assert runlog.read_config(tmp_path / "g" / name)["status"] == "done"
+    bad = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "h", "--engine", "fast")
+    assert bad.returncode == 2 and "invalid choice: 'fast'" in bad.stderr
