@@ -19,7 +19,7 @@ if [ -n "${SMALL:-}" ]; then  # rehearsal: every stage, tiny
     BENCH="--trials 1 --epochs 1 --steps 2 --warmup 1 --eval-images 8 --image-size 64"
     SEED_GRID="--config $OUT/seed-small.toml"
     printf 'preset = "seed"\nlr = [0.005, 0.001]\nmomentum = [0.9]\nepochs = 1\nimage_size = 64\n' > "$OUT/seed-small.toml"
-    RECIPE="--epochs 1 --image-size 64 --batch-size 32"
+    RECIPE="--epochs 1 --warmup-epochs 0 --image-size 64 --batch-size 32"
     T_GRID=600 T_RECIPE=300
 else
     BENCH="--trials 2 --epochs 2 --steps 100 --warmup 10 --eval-images 500"
@@ -47,7 +47,7 @@ timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 
 stage "4. the seed grid end to end (12 trials x 35 epochs, batch 12, 224 px), stacked engine, fp32"
 rm -rf "$OUT/seed"
 /usr/bin/time -f "seed grid wall %e s, max RSS %M KiB" timeout "$T_GRID" \
-    $PY -m alexnet_tiny grid $SEED_GRID --device "$DEVICE" --data "$DATA" --out "$OUT/seed" --no-report -q
+    $PY -m alexnet_tiny grid $SEED_GRID --engine stacked --device "$DEVICE" --data "$DATA" --out "$OUT/seed" --no-report -q
 cp "$OUT/seed/results.csv" "$OUT/seed-results.csv" 2>/dev/null || true
 
 stage "5. the recipe, seed 0, bf16"

@@ -4,7 +4,9 @@ baseline  the seed's pipeline rebuilt: JPEG bytes decoded with PIL per item insi
           resize + random crop + flip per item, to tensor, normalise; eager fp32, SGD with momentum
           (PyTorch defaults), `.item()` after every step.
 engine    `alexnet_tiny.train.train_one_epoch` on the decoded uint8 cache with batched transforms,
-          and `evaluate` for validation and test.
+          and `evaluate` for validation and test; with --stack K, the multi-trial engine instead
+          (`alexnet_tiny.engine`): K trials (learning rates 1x..2x) trained together as one stacked
+          model, counted as K trial-images per image.
 
 Both train the same `AlexNet` at the same batch and image size, on the same device. Each trial
 builds one model per pipeline and runs their epochs as adjacent pairs, in alternating order; on
@@ -15,6 +17,7 @@ steps and evaluates --eval-images images of val and of test; times are projected
 
     python bench/speed.py                                   # CPU, 224 px, batch 12
     python bench/speed.py --device cuda --trials 3 --epochs 2 --steps 100 --bf16 --channels-last
+    python bench/speed.py --stack 12                        # 12 trials at once, as `grid` runs the seed grid on a GPU
     python bench/speed.py --breakdown 5                     # each part of a step, timed alone
     python bench/speed.py --profile 3                       # torch.profiler over 3 steps of each
 """
@@ -39,6 +42,7 @@ from PIL import Image
 from alexnet_tiny.allocator import retained_heap
 from alexnet_tiny.config import TrainConfig
 from alexnet_tiny.data import Split, ensure_dataset
+from alexnet_tiny.engine import StackedAlexNet, StackedSGD, evaluate_stack, train_stack_epoch
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.grid import format_duration
 from alexnet_tiny.model import AlexNet, count_parameters
@@ -203,6 +207,10 @@ class Bench:
         model = AlexNet(self.num_classes).to(self.device)
         if pipeline == "baseline":
             return model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        if self.args.stack > 1:
+            stack = StackedAlexNet(model, self.args.stack, self.device)
+            trials = [config.replace(lr=config.lr * (1 + k / self.args.stack)) for k in range(self.args.stack)]
+            return stack, StackedSGD(stack, trials)
         if self.args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model, make_optimizer(model, config)
@@ -227,6 +235,10 @@ class Bench:
                 blobs = self.train_blobs[:len(train)]
                 loader = baseline_loader(blobs, train.labels, a.image_size, a.batch_size, True, epoch, a.workers, pin)
                 n_train = baseline_train(model, optimizer, loader, dev)
+            elif isinstance(model, StackedAlexNet):
+                n_train = model.k * len(train)
+                train_stack_epoch(model, optimizer, train, config, torch.zeros(model.k, device=dev), dev, epoch,
+                                  progress=False)
             else:
                 n_train = len(train)
                 train_one_epoch(model, optimizer, train, config, dev, epoch, progress=False)
@@ -238,6 +250,9 @@ class Bench:
                 if pipeline == "baseline":
                     loader = baseline_loader(blobs, split.labels, a.image_size, a.batch_size, False, 0, a.workers, pin)
                     n_eval += baseline_eval(model, loader, dev)
+                elif isinstance(model, StackedAlexNet):
+                    evaluate_stack(model, split, a.image_size, dev, self.num_classes)
+                    n_eval += model.k * len(split)
                 else:
                     evaluate(model, split, a.image_size, dev, self.num_classes)
                     n_eval += len(split)
@@ -387,6 +402,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=0, help="baseline DataLoader workers (default 0, as the seed)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    p.add_argument("--stack", type=int, default=1, metavar="K",
+                   help="engine: K trials trained together by the stacked engine (default 1: train.py's loop)")
     p.add_argument("--bf16", action="store_true", help="engine under bf16 autocast (baseline stays fp32)")
     p.add_argument("--channels-last", action="store_true",
                    help="engine model in channels_last (on the CPU train_one_epoch already trains in it)")
@@ -396,7 +413,7 @@ def parse_args(argv=None):
     p.add_argument("--breakdown", type=int, default=0, metavar="ROUNDS",
                    help="instead of timing epochs, time each part of a step alone, ROUNDS rounds")
     args = p.parse_args(argv)
-    for name in ("trials", "epochs", "steps", "batch_size"):
+    for name in ("trials", "epochs", "steps", "batch_size", "stack"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
     if args.image_size < 64:
@@ -421,7 +438,8 @@ def main(argv=None) -> None:
     print(f"device {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.image_size} px, batch {args.batch_size}, {args.trials} trials x {args.epochs} epochs x "
           f"{args.steps} steps, eval {args.eval_images} val + {args.eval_images} test images per epoch; "
-          f"engine: {'bf16 autocast' if args.bf16 else 'fp32'}{', channels_last' if args.channels_last else ''}")
+          f"engine: {'bf16 autocast' if args.bf16 else 'fp32'}{', channels_last' if args.channels_last else ''}"
+          f"{f', {args.stack} trials stacked (rates are trial-images/s)' if args.stack > 1 else ''}")
     if args.profile:
         profile_steps(bench, args.profile)
         return

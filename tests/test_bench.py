@@ -30,6 +30,15 @@ def test_side_by_side_table_and_speedup_line(small_data):
     assert all("baseline" in line and "engine" in line for line in pairs)
 
 
+@pytest.mark.slow
+def test_stacked_engine_in_the_bench(small_data):
+    proc = run_speed("--device", "cpu", "--data", small_data, "--image-size", 64, "--batch-size", 16,
+                     "--trials", 1, "--epochs", 1, "--steps", 2, "--warmup", 1, "--eval-images", 8, "--stack", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 trials stacked" in proc.stdout.splitlines()[0]
+    assert re.fullmatch(r"speedup: \d+\.\d\dx", proc.stdout.strip().splitlines()[-1])
+
+
 def test_too_many_steps_are_refused(small_data):
     proc = run_speed("--data", small_data, "--steps", 1000)
     assert proc.returncode != 0

@@ -212,6 +212,28 @@ def test_memory_estimate_and_capacity():
     assert stack_capacity(BASE, 10, torch.device("cpu")) >= 1
 
 
+@pytest.mark.slow
+def test_bf16_precision_in_both_loops(alone, dataset, tmp_path):
+    """bf16 autocast trains the same trial as fp32 to bf16's precision, and is recorded; weights and
+    momenta stay fp32."""
+    config = BASE.replace(epochs=1)
+    single = train(config, dataset, tmp_path / "single", device="cpu", progress=False, log=quiet, engine="single",
+                   precision="bf16")
+    stacked = train_stack([config, config.replace(lr=0.01)], dataset, [tmp_path / "a", tmp_path / "b"], "cpu",
+                          progress=False, log=quiet, precision="bf16")
+    for rec, run in ((single, tmp_path / "single"), (stacked[0], tmp_path / "a")):
+        assert rec["precision"] == "bf16" and rec["status"] == "done"
+        fp32 = runlog.read_metrics(alone / BASE.name())[0]  # the same first epoch (its lr is the same)
+        assert runlog.read_metrics(run)[0]["train_loss"] == pytest.approx(fp32["train_loss"], abs=0.01)
+        last = load_checkpoint(run / runlog.LAST_CKPT)
+        assert all(w.dtype == torch.float32 for w in last["model"].values())
+        assert all(s["momentum_buffer"].dtype == torch.float32 for s in last["optimizer"]["state"].values())
+    assert single["engine"] == "single" and stacked[0]["engine"] == "stacked (2 trials)"
+    with pytest.raises(UserError, match="--precision fp16: expected one of fp32, bf16"):
+        train(config, dataset, tmp_path / "c", device="cpu", precision="fp16")
+    assert not (tmp_path / "c").exists()
+
+
 def test_engine_choice():
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cpu) == "single" and resolve_engine("stacked", cpu) == "stacked"

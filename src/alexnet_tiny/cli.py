@@ -38,6 +38,8 @@ def add_engine_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=["auto", "stacked", "single"],
                    help="stacked: trials sharing a data stream train together as one stacked model (engine.py); "
                         "single: one trial at a time; auto (default): stacked on a GPU, single on the CPU")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: forward and backward under bf16 autocast, fp32 weights and SGD (default fp32)")
 
 
 def config_from_args(args):
@@ -61,7 +63,7 @@ def cmd_train(args) -> int:
     from .train import train
     config = config_from_args(args)
     rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
-                progress=not args.quiet, log=log, engine=args.engine)
+                progress=not args.quiet, log=log, engine=args.engine, precision=args.precision)
     out = args.out or f"runs/{config.name()}"
     best, test = rec["best_val_accuracy"], rec["test_accuracy_at_best"]
     verdict = (f"best val {best:.3f} at epoch {rec['best_epoch']}, test {test:.3f}" if best is not None
@@ -91,7 +93,7 @@ def cmd_grid(args) -> int:
     ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
     rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
                     progress=not args.quiet, log=log, ray_options=ray_options, engine=args.engine,
-                    max_stack=args.max_stack)
+                    max_stack=args.max_stack, precision=args.precision)
     if not args.no_report:
         from .report import write_report
         write_report(out, progress=not args.quiet, log=log)

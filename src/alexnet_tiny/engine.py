@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .errors import UserError
 from .model import AlexNet
-from .train import (EVAL_BATCH_SIZE, Evaluation, RunFolder, epoch_batches, epoch_line, evaluation, lr_at,
+from .train import (EVAL_BATCH_SIZE, Evaluation, RunFolder, autocast, epoch_batches, epoch_line, evaluation, lr_at,
                     make_optimizer, make_scheduler, mixed_loss)
 from .transforms import eval_batch
 
@@ -361,13 +361,14 @@ def stack_line(epoch: int, stack: Stack, live: list[int], tr: list[dict], val: l
 
 def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device, resume: bool = True,
                 progress: bool = True, log=print, callback=None,
-                checkpoint_seconds: float = CHECKPOINT_SECONDS) -> list[dict]:
+                checkpoint_seconds: float = CHECKPOINT_SECONDS, precision: str = "fp32") -> list[dict]:
     """Train trials that share one data stream (same stream_key, same epoch to resume from) together
     into their run folders; returns their records, as config.json holds them."""
     if len({stream_key(c) for c in configs}) != 1:
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
     device = torch.device(device)
-    folders = [RunFolder(c, dataset, Path(o), device, resume, log) for c, o in zip(configs, outs)]
+    folders = [RunFolder(c, dataset, Path(o), device, resume, log, f"stacked ({len(configs)} trials)", precision)
+               for c, o in zip(configs, outs)]
     records: list[dict | None] = [r.previous if r.finished else None for r in folders]
     for r in folders:
         if r.finished:
@@ -398,10 +399,11 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
             t0 = time.perf_counter()
             stack.optimizer.set_epoch(epoch - 1)
             lrs = list(stack.optimizer.lrs)
-            tr = train_stack_epoch(stack.model, stack.optimizer, splits["train"], stream, stack.smoothing, device,
-                                   epoch, progress)
-            val = evaluate_stack(stack.model, splits["val"], stream.image_size, device, dataset.num_classes)
-            test = evaluate_stack(stack.model, splits["test"], stream.image_size, device, dataset.num_classes)
+            with autocast(device, precision):
+                tr = train_stack_epoch(stack.model, stack.optimizer, splits["train"], stream, stack.smoothing,
+                                       device, epoch, progress)
+                val = evaluate_stack(stack.model, splits["val"], stream.image_size, device, dataset.num_classes)
+                test = evaluate_stack(stack.model, splits["test"], stream.image_size, device, dataset.num_classes)
             seconds = time.perf_counter() - t0
             for k in list(live):
                 if not math.isfinite(tr[k]["loss"]):

@@ -209,22 +209,22 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> No
 
 
 def run_trial(config: TrainConfig, dataset: Dataset | Path | str, out: Path, device: str, progress: bool,
-              log=print, callback=None, engine: str = "single") -> dict:
+              log=print, callback=None, engine: str = "single", precision: str = "fp32") -> dict:
     """One trial; a crash is recorded as status failed (with its reason) instead of stopping the grid."""
-    return run_trials([config], dataset, out, device, progress, log, callback, engine)[0]
+    return run_trials([config], dataset, out, device, progress, log, callback, engine, precision)[0]
 
 
 def run_trials(configs: list[TrainConfig], dataset: Dataset | Path | str, out: Path, device, progress: bool,
-               log=print, callback=None, engine: str = "single") -> list[dict]:
+               log=print, callback=None, engine: str = "single", precision: str = "fp32") -> list[dict]:
     """Trials of one stack (or one trial alone); a crash marks them failed instead of stopping the grid."""
     try:
         if engine == "stacked":
             from .engine import train_stack
             return train_stack(configs, dataset, [out / c.name() for c in configs], device, resume=True,
-                               progress=progress, log=log, callback=callback)
+                               progress=progress, log=log, callback=callback, precision=precision)
         from .train import train
         return [train(configs[0], data=dataset, out=out / configs[0].name(), device=str(device), resume=True,
-                      progress=progress, log=log, callback=callback, engine="single")]
+                      progress=progress, log=log, callback=callback, engine="single", precision=precision)]
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
@@ -244,7 +244,8 @@ def record_failure(config: TrainConfig, out: Path, reason: str) -> dict:
 
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
              backend: str = "local", progress: bool = True, log=print, ray_options: dict | None = None,
-             estimate: bool = True, engine: str = "auto", max_stack: int | None = None) -> list[dict]:
+             estimate: bool = True, engine: str = "auto", max_stack: int | None = None,
+             precision: str = "fp32") -> list[dict]:
     """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md.
     engine (local backend): "stacked" trains trials that share a data stream together (engine.py),
     "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack."""
@@ -284,7 +285,7 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
                            enabled=progress, position=1)
         try:
             for group in groups:
-                run_trials(group, dataset, out, dev, progress, log=log, engine=engine)
+                run_trials(group, dataset, out, dev, progress, log=log, engine=engine, precision=precision)
                 write_results(out, collect_results(out, trials))
                 bar.update(len(group))
         finally:

@@ -27,6 +27,7 @@ from .progress import progress_bar
 from .transforms import MEAN, STD, eval_batch, resize_size, train_batch
 
 EVAL_BATCH_SIZE = 100
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -37,6 +38,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+def autocast(device, precision: str):
+    """precision bf16: forward and backward under bf16 autocast (GPU tensor cores; AVX512-BF16/AMX
+    CPUs); weights, gradients, momenta and the SGD step stay fp32. fp32: no autocast."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -203,9 +212,11 @@ def checkpoint_dict(model, optimizer, scheduler, epoch, config, dataset: Dataset
 
 
 def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best: dict, epochs_done: int,
-               final_train_loss, seconds: float, reason: str | None = None) -> dict:
+               final_train_loss, seconds: float, reason: str | None = None, engine: str = "single",
+               precision: str = "fp32") -> dict:
     record = {
-        "config": config.to_dict(), "name": config.name(), "device": str(device), "status": status,
+        "config": config.to_dict(), "name": config.name(), "device": str(device), "engine": engine,
+        "precision": precision, "status": status,
         "dataset": {"root": str(dataset.root), "wnids": dataset.wnids, "names": dataset.names,
                     "source_sha256": dataset.meta.get("source_sha256"), "seed": dataset.meta.get("seed")},
         "epochs_done": epochs_done,  # the best values are None until an epoch finished
@@ -235,8 +246,10 @@ class RunFolder:
     (metrics.jsonl, TensorBoard, config.json), checkpoints and the final record. `train` drives one;
     the multi-trial engine drives one per trial it advances."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, device, resume: bool, log=print):
+    def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, device, resume: bool, log=print,
+                 engine: str = "single", precision: str = "fp32"):
         self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
+        self.engine, self.precision = engine, precision
         self.previous = _check_resumable(self.out, config, resume)
         self.finished = self.previous is not None and self.previous["status"] in (runlog.STATUS_DONE,
                                                                                  runlog.STATUS_DIVERGED)
@@ -273,7 +286,7 @@ class RunFolder:
 
     def record(self, status: str, reason: str | None = None) -> dict:
         return run_record(self.config, self.dataset, self.device, status, self.best, self.start_epoch - 1,
-                          self.final_train_loss, self.elapsed, reason)
+                          self.final_train_loss, self.elapsed, reason, self.engine, self.precision)
 
     def end_epoch(self, epoch: int, tr: dict, val: Evaluation, test: Evaluation, lr: float, seconds: float) -> bool:
         """Log a finished epoch; True when it is the best so far on validation."""
@@ -326,20 +339,22 @@ def epoch_line(epoch: int, config: TrainConfig, tr: dict, val: Evaluation, test:
 
 def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
           device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None,
-          engine: str = "auto") -> dict:
+          engine: str = "auto", precision: str = "fp32") -> dict:
     """Train one configuration into the run folder `out`; returns the record saved as config.json.
     `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
-    engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single"."""
+    engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single".
+    precision: "fp32" or "bf16" (autocast)."""
     config.validate()
     dev = resolve_device(device)
+    autocast(dev, precision)  # an unknown precision stops here, before any work
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else Path("runs") / config.name()
     from .engine import resolve_engine, train_stack
     if resolve_engine(engine, dev, log) == "stacked":
         return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
-                           callback=callback)[0]
-    run = RunFolder(config, dataset, out, dev, resume, log)
+                           callback=callback, precision=precision)[0]
+    run = RunFolder(config, dataset, out, dev, resume, log, "single", precision)
     if run.finished:
         log(f"{out}: already finished ({run.previous['status']}), nothing to do")
         return run.previous
@@ -358,11 +373,12 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
         for epoch in range(run.start_epoch, config.epochs + 1):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(model, optimizer, dataset.splits["train"], config, dev, epoch, progress)
-            if not math.isfinite(tr["loss"]):
-                return run.diverge(epoch, tr["loss"], time.perf_counter() - t0)
-            val = evaluate(model, dataset.splits["val"], config.image_size, dev, dataset.num_classes)
-            test = evaluate(model, dataset.splits["test"], config.image_size, dev, dataset.num_classes)
+            with autocast(dev, precision):
+                tr = train_one_epoch(model, optimizer, dataset.splits["train"], config, dev, epoch, progress)
+                if not math.isfinite(tr["loss"]):
+                    return run.diverge(epoch, tr["loss"], time.perf_counter() - t0)
+                val = evaluate(model, dataset.splits["val"], config.image_size, dev, dataset.num_classes)
+                test = evaluate(model, dataset.splits["test"], config.image_size, dev, dataset.num_classes)
             scheduler.step()
             seconds = time.perf_counter() - t0
             if run.end_epoch(epoch, tr, val, test, lr, seconds):
