@@ -41,6 +41,9 @@ timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH
 stage "2. speed: baseline vs 12 stacked trials (fp32)"
 timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12
 
+stage "2b. speed: baseline vs 12 stacked trials, one conv per trial instead of grouped convs (fp32)"
+timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --stack-conv split
+
 stage "3. speed: baseline vs 12 stacked trials (bf16 autocast)"
 timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --bf16
 

@@ -208,7 +208,7 @@ class Bench:
         if pipeline == "baseline":
             return model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         if self.args.stack > 1:
-            stack = StackedAlexNet(model, self.args.stack, self.device)
+            stack = StackedAlexNet(model, self.args.stack, self.device, conv=self.args.stack_conv)
             trials = [config.replace(lr=config.lr * (1 + k / self.args.stack)) for k in range(self.args.stack)]
             return stack, StackedSGD(stack, trials)
         if self.args.channels_last:
@@ -404,6 +404,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     p.add_argument("--stack", type=int, default=1, metavar="K",
                    help="engine: K trials trained together by the stacked engine (default 1: train.py's loop)")
+    p.add_argument("--stack-conv", default="grouped", choices=["grouped", "split"],
+                   help="stacked convs as one grouped conv (default, as the engine) or one conv per trial")
     p.add_argument("--bf16", action="store_true", help="engine under bf16 autocast (baseline stays fp32)")
     p.add_argument("--channels-last", action="store_true",
                    help="engine model in channels_last (on the CPU train_one_epoch already trains in it)")
@@ -439,7 +441,7 @@ def main(argv=None) -> None:
           f"{args.image_size} px, batch {args.batch_size}, {args.trials} trials x {args.epochs} epochs x "
           f"{args.steps} steps, eval {args.eval_images} val + {args.eval_images} test images per epoch; "
           f"engine: {'bf16 autocast' if args.bf16 else 'fp32'}{', channels_last' if args.channels_last else ''}"
-          f"{f', {args.stack} trials stacked (rates are trial-images/s)' if args.stack > 1 else ''}")
+          f"{f', {args.stack} trials stacked, {args.stack_conv} convs (rates are trial-images/s)' if args.stack > 1 else ''}")
     if args.profile:
         profile_steps(bench, args.profile)
         return

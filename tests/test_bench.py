@@ -35,7 +35,7 @@ def test_stacked_engine_in_the_bench(small_data):
     proc = run_speed("--device", "cpu", "--data", small_data, "--image-size", 64, "--batch-size", 16,
                      "--trials", 1, "--epochs", 1, "--steps", 2, "--warmup", 1, "--eval-images", 8, "--stack", 3)
     assert proc.returncode == 0, proc.stderr
-    assert "3 trials stacked" in proc.stdout.splitlines()[0]
+    assert "3 trials stacked, grouped convs" in proc.stdout.splitlines()[0]
     assert re.fullmatch(r"speedup: \d+\.\d\dx", proc.stdout.strip().splitlines()[-1])
 
 

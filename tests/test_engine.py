@@ -23,21 +23,13 @@ from alexnet_tiny.errors import UserError
 from alexnet_tiny.model import AlexNet, count_parameters
 from alexnet_tiny.train import train
 from conftest import FAST, run_cli
+from test_train import quiet, stop_after, without_timing
 
 BASE = FAST.replace(lr=0.02, batch_size=16, epochs=2)  # 12 steps an epoch on small_data
 TRIALS = [BASE,
           BASE.replace(lr=0.01, momentum=0.5, weight_decay=5e-4, nesterov=True, label_smoothing=0.1),
           BASE.replace(lr=0.03, schedule="cosine", warmup_epochs=1)]
 DIVERGING = BASE.replace(lr=1e6)
-TIMING = ("epoch_seconds", "images_per_second")
-
-
-def quiet(_msg: str) -> None:
-    pass
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +86,11 @@ def assert_same_trial(run_a: Path, run_b: Path) -> None:
 
 # ----------------------------------------------------------------------------- the stacked model
 
-def test_stacked_forward_and_gradients_equal_separate_models():
+@pytest.mark.parametrize("conv", ["grouped", "split"])
+def test_stacked_forward_and_gradients_equal_separate_models(conv):
     torch.manual_seed(0)
     models = [AlexNet(5) for _ in range(3)]
-    stack = StackedAlexNet(models[0], 3)
+    stack = StackedAlexNet(models[0], 3, conv=conv)
     for k, m in enumerate(models):
         stack.load_trial(k, m.state_dict())
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
@@ -158,14 +151,9 @@ def test_stacked_run_folders_are_what_train_writes(stacked, alone, dataset):
 def test_resume_of_an_interrupted_stack(stacked, dataset, tmp_path):
     out = tmp_path / "interrupted"
     outs = [out / t.name() for t in TRIALS]
-
-    def stop_after_epoch_1(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         train_stack(TRIALS, dataset, outs, "cpu", progress=False, log=quiet, checkpoint_seconds=0,
-                    callback=stop_after_epoch_1)
+                    callback=stop_after(1))
     assert [load_checkpoint(o / runlog.LAST_CKPT)["epoch"] for o in outs] == [1, 1, 1]
     assert plan_stacks([*TRIALS, TRIALS[0]], [*outs, tmp_path / "fresh"], torch.device("cpu"), 3) == [[0, 1, 2], [3]]
     # one trial continues alone in train.py's loop, from the engine's checkpoint

@@ -77,6 +77,12 @@ def test_repository_seed_toml_is_the_seed_preset():
     assert name == "seed" and trials == grid_trials("seed")[1]
 
 
+def test_repository_recipe_cpu_seeds_toml():
+    name, trials = grid_trials(config=REPO / "grids" / "recipe-cpu-seeds.toml")
+    assert name == "recipe-cpu-seeds" and [t.seed for t in trials] == [0, 1, 2]
+    assert {t.replace(seed=0) for t in trials} == {PRESETS["recipe-cpu"]}
+
+
 def test_quick_preset_keeps_the_shape():
     name, trials = grid_trials(None)  # the default
     assert name == "quick" and trials == grid_trials("quick")[1]

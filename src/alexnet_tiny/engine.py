@@ -66,13 +66,20 @@ def resolve_engine(engine: str, device: torch.device, log=print) -> str:
 
 # ----------------------------------------------------------------------------- the stacked model
 
+CONV_MODES = ("grouped", "split")
+
+
 class StackedAlexNet(nn.Module):
     """K AlexNets (the layers of `model`) with their weights stacked along a leading trial dimension.
-    forward: a batch (B, 3, H, W) shared by all trials -> logits (K, B, classes)."""
+    forward: a batch (B, 3, H, W) shared by all trials -> logits (K, B, classes).
+    conv: "grouped" runs the convs after the first as one grouped conv; "split" as one conv per trial
+    (the same arithmetic; which is faster depends on the device's grouped-conv kernels)."""
 
-    def __init__(self, model: AlexNet, k: int, device=None):
+    def __init__(self, model: AlexNet, k: int, device=None, conv: str = "grouped"):
         super().__init__()
-        self.k = k
+        if conv not in CONV_MODES:
+            raise ValueError(f"conv={conv!r}: expected one of {CONV_MODES}")
+        self.k, self.conv = k, conv
         self.names = [name for name, _ in model.named_parameters()]
         self.params = nn.ParameterList(
             [nn.Parameter(p.detach().to(device).unsqueeze(0).repeat(k, *[1] * p.ndim)) for p in model.parameters()])
@@ -100,8 +107,12 @@ class StackedAlexNet(nn.Module):
         for kind, *args in self.plan:
             if kind == "conv":
                 name, stride, padding = args
-                x = F.conv2d(x, p[name + ".weight"].flatten(0, 1), p[name + ".bias"].flatten(), stride, padding,
-                             groups=1 if shared else self.k)
+                w, b = p[name + ".weight"], p[name + ".bias"]
+                if shared or self.conv == "grouped":
+                    x = F.conv2d(x, w.flatten(0, 1), b.flatten(), stride, padding, groups=1 if shared else self.k)
+                else:
+                    x = torch.cat([F.conv2d(xk, w[k], b[k], stride, padding)
+                                   for k, xk in enumerate(x.chunk(self.k, 1))], 1)
                 shared = False
             elif kind == "relu":
                 x = F.relu(x, inplace=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import sys
 import time
 from pathlib import Path
 
