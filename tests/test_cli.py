@@ -179,6 +179,21 @@ def test_evaluate_errors(tmp_path):
     assert "not a readable alexnet-tiny checkpoint" in error_line(run_cli("evaluate", bad), "evaluate")
 
 
+@pytest.mark.slow
+def test_evaluate_an_empty_split(pipeline, tmp_path):
+    """A source without official-val images: evaluating that split is refused, not printed as NaN."""
+    import shutil
+    from conftest import make_source
+    source = make_source(tmp_path / "src", classes=3, per_class=500, val_per_class=1)
+    (source / "val" / "val_annotations.txt").write_text("")
+    shutil.rmtree(source / "val" / "images")
+    data = tmp_path / "data"
+    run_cli("prepare", "--source", source, "--classes", 3, "--out", data, "-q", check=True)
+    proc = run_cli("evaluate", pipeline.run / "best.pt", "--data", data, "--split", "official-val", "--json")
+    assert f"{data}: its official-val split has no images to evaluate" in error_line(proc, "evaluate")
+    assert proc.stdout == ""
+
+
 def test_unknown_device(tmp_path, capsys):
     assert cli.main(["train", "--device", "tpu", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
     assert "--device tpu: expected auto, cpu or cuda" in capsys.readouterr().err

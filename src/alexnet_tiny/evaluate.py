@@ -24,6 +24,8 @@ def evaluate_checkpoint(path, data=None, split: str = "test", device: str = "aut
     dataset = ensure_dataset(checkpoint_dataset(path, data), progress=progress)
     if dataset.wnids != ckpt["classes"]["wnids"]:
         raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {path} was trained on")
+    if len(dataset.splits[split]) == 0:
+        raise UserError(f"{dataset.root}: its {split} split has no images to evaluate")
     model = model_from_checkpoint(ckpt, dev)
     ev = evaluate(model, dataset.splits[split], ckpt["preprocessing"]["image_size"], dev, dataset.num_classes)
     per_class = [{"wnid": w, "name": n, "accuracy": a, "images": int(c)} for w, n, a, c in

@@ -24,7 +24,7 @@ from .data import Dataset, Split, atomic_torch_save, ensure_dataset
 from .errors import UserError
 from .model import AlexNet
 from .progress import progress_bar
-from .transforms import MEAN, STD, eval_batch, resize_size, train_batch
+from .transforms import MEAN, STD, eval_batch, random_boxes, resize_size, sample_boxes
 
 EVAL_BATCH_SIZE = 100
 PRECISIONS = ("fp32", "bf16")
@@ -107,10 +107,18 @@ def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progres
     order = torch.randperm(len(split), generator=generator)
     batches = range(0, len(split), config.batch_size)
     mix = mixup_weights(config, generator, len(batches))
+    # Every step's crops and flips, drawn up front in step order (the same draws, in the same order,
+    # as drawing them step by step) and sent to the device once with the order: no host-to-device
+    # copy, hence no wait for the GPU, inside the loop.
+    b = config.batch_size
+    boxes = [random_boxes(min(b, len(split) - i), config.image_size, generator, config.augment, config.crop_scale)
+             for i in batches]
+    centres, extents, flips = (torch.cat(t).to(device) for t in zip(*boxes)) if boxes else (None,) * 3
+    order = order.to(device)
     bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
     for step, i in enumerate(bar):
-        idx = order[i:i + config.batch_size].to(device)
-        x = train_batch(images[idx], config.image_size, generator, config.augment, config.crop_scale)
+        idx = order[i:i + b]
+        x = sample_boxes(images[idx], config.image_size, centres[i:i + b], extents[i:i + b], flips[i:i + b])
         lam = mix[step]
         if lam < 1.0:  # mixup with the batch reversed
             x = lam * x + (1 - lam) * x.flip(0)

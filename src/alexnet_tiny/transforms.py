@@ -47,34 +47,40 @@ def sample_boxes(images: torch.Tensor, size: int, centres: torch.Tensor, extents
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def crop_resize(images: torch.Tensor, size: int, offsets: torch.Tensor, flips: torch.Tensor,
-                resize: int) -> torch.Tensor:
-    """Resize each image to resize x resize, crop size x size at `offsets` (B, 2: x, y, in resized
-    pixels), mirror where `flips`."""
-    extents = torch.full_like(offsets, size / resize)
-    return sample_boxes(images, size, (size + 2 * offsets) / resize - 1, extents, flips)
+def crop_boxes(size: int, offsets: torch.Tensor, resize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres and half-extents of the size x size crops at `offsets` (B, 2: x, y, in pixels of the
+    image resized to resize x resize)."""
+    return (size + 2 * offsets) / resize - 1, torch.full_like(offsets, size / resize)
 
 
 def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     resize = resize_size(image_size)
     b = images.shape[0]
-    offsets = torch.full((b, 2), float(round((resize - image_size) / 2)))  # whole pixels, as torchvision's CenterCrop
-    return crop_resize(images, image_size, offsets, torch.zeros(b, dtype=torch.bool), resize)
+    # whole pixels, as torchvision's CenterCrop
+    offsets = torch.full((b, 2), float(round((resize - image_size) / 2)), device=images.device)
+    return sample_boxes(images, image_size, *crop_boxes(image_size, offsets, resize),
+                        torch.zeros(b, dtype=torch.bool, device=images.device))
+
+
+def random_boxes(b: int, image_size: int, generator: torch.Generator, augment: str = "crop",
+                 crop_scale: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random part of `train_batch` for b images: centres, half-extents and flips, drawn on the
+    CPU from `generator` so that runs are reproducible on any device."""
+    if augment == "rrc":
+        centres, extents = random_resized_boxes(b, crop_scale, generator)
+        return centres, extents, torch.rand(b, generator=generator) < 0.5
+    resize = resize_size(image_size)
+    offsets = torch.randint(0, resize - image_size + 1, (b, 2), generator=generator).float()
+    flips = torch.rand(b, generator=generator) < 0.5
+    return (*crop_boxes(image_size, offsets, resize), flips)
 
 
 def train_batch(images: torch.Tensor, image_size: int, generator: torch.Generator, augment: str = "crop",
                 crop_scale: float = 0.25) -> torch.Tensor:
-    """Random crop and flip; the random draws come from `generator` (CPU) so runs are reproducible.
-    augment="crop": the seed's resize + random crop; "rrc": random resized crop (area in
-    [crop_scale, 1], aspect ratio in [3/4, 4/3], as torchvision's RandomResizedCrop) resized to image_size."""
-    b = images.shape[0]
-    if augment == "rrc":
-        return sample_boxes(images, image_size, *random_resized_boxes(b, crop_scale, generator),
-                            torch.rand(b, generator=generator) < 0.5)
-    resize = resize_size(image_size)
-    offsets = torch.randint(0, resize - image_size + 1, (b, 2), generator=generator).float()
-    flips = torch.rand(b, generator=generator) < 0.5
-    return crop_resize(images, image_size, offsets, flips, resize)
+    """Random crop and flip. augment="crop": the seed's resize + random crop; "rrc": random resized
+    crop (area in [crop_scale, 1], aspect ratio in [3/4, 4/3], as torchvision's RandomResizedCrop)
+    resized to image_size."""
+    return sample_boxes(images, image_size, *random_boxes(images.shape[0], image_size, generator, augment, crop_scale))
 
 
 def random_resized_boxes(b: int, min_area: float, generator: torch.Generator):
