@@ -222,6 +222,15 @@ def test_bf16_precision_in_both_loops(alone, dataset, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_ray_backend_refuses_bf16(small_data, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from alexnet_tiny import cli
+    assert cli.main(["grid", "--preset", "quick", "--backend", "ray", "--precision", "bf16", "--data",
+                     str(small_data), "--out", str(tmp_path / "g")]) == 2
+    assert "--precision bf16: the Ray backend trains in fp32 only" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
 def test_engine_choice():
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cpu) == "single" and resolve_engine("stacked", cpu) == "stacked"
@@ -238,7 +247,9 @@ def test_grid_cli_with_the_stacked_engine(small_data, tmp_path):
     grid.write_text('preset = "quick"\nlr = [0.02, 0.01]\nmomentum = [0.9, 0.5]\nepochs = 1\nbatch_size = 32\n')
     proc = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "g", "--device", "cpu",
                    "--engine", "stacked", "--max-stack", "3", "--no-report", "-q", check=True)
-    assert "stacked engine: 4 trials in 2 stack(s) of 3, 1" in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("grid: 4 trials (0 already finished), estimated ")  # measured on a stack of 3
+    assert lines[1] == "stacked engine: 4 trials in 2 stack(s) of 3, 1"
     assert "stack of 3 trials: epochs 1-1 in " in proc.stderr and "peak memory" in proc.stderr
     assert proc.stdout.startswith(f"grid {tmp_path / 'g'}: 4 trials (4 done) in ")
     for name in (p.name for p in (tmp_path / "g").iterdir() if p.is_dir()):

@@ -378,6 +378,7 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
     if len({stream_key(c) for c in configs}) != 1:
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
     device = torch.device(device)
+    dataset = dataset.to(device)  # resident on the device for the whole stack (a no-op on the CPU)
     folders = [RunFolder(c, dataset, Path(o), device, resume, log, f"stacked ({len(configs)} trials)", precision)
                for c, o in zip(configs, outs)]
     records: list[dict | None] = [r.previous if r.finished else None for r in folders]

@@ -97,14 +97,23 @@ def grid_trials(preset: str | None = None, config: Path | str | None = None) -> 
 
 # ----------------------------------------------------------------------------- estimate
 
-def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int = 3) -> float:
-    """Training images per second for this config on this device, from a few real steps."""
+def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int = 3, stack: int = 1) -> float:
+    """Training images per second for this config on this device, from a few real steps; with
+    stack > 1, trial-images per second of that many trials stacked by the engine."""
     from .model import AlexNet
     from .train import make_optimizer, resolve_device
     from .transforms import train_batch
     dev = resolve_device(str(device))
-    model = AlexNet(dataset.num_classes).to(dev)
-    opt = make_optimizer(model, config)
+    if stack > 1:
+        from .engine import StackedAlexNet, StackedSGD, trial_losses
+        model = StackedAlexNet(AlexNet(dataset.num_classes), stack, dev)
+        opt = StackedSGD(model, [config] * stack)
+        smoothing = torch.zeros(stack, device=dev)
+        loss_fn = lambda out, y: trial_losses(out, y, smoothing).sum()  # noqa: E731
+    else:
+        model = AlexNet(dataset.num_classes).to(dev)
+        opt = make_optimizer(model, config)
+        loss_fn = torch.nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(0)
     images = dataset.splits["train"].images[:config.batch_size].to(dev)
     labels = dataset.splits["train"].labels[:config.batch_size].to(dev)
@@ -113,25 +122,27 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(train_batch(images, config.image_size, gen)), labels)
+        loss = loss_fn(model(train_batch(images, config.image_size, gen)), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return steps * len(labels) / (time.perf_counter() - t0)
+    return stack * steps * len(labels) / (time.perf_counter() - t0)
 
 
-def estimate_seconds(trials: list[TrainConfig], dataset: Dataset, device) -> float:
-    """Train images / measured rate, plus evaluation (about a third of a training step per image)."""
+def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device) -> float:
+    """Train images / measured rate, plus evaluation (about a third of a training step per image),
+    for trials run in these stacks (lists of one trial each when trained one at a time)."""
     n_train, n_eval = len(dataset.splits["train"]), len(dataset.splits["val"]) + len(dataset.splits["test"])
     rates = {}
     total = 0.0
-    for t in trials:
-        key = (t.batch_size, t.image_size)
+    for group in stacks:
+        t = group[0]
+        key = (t.batch_size, t.image_size, len(group))
         if key not in rates:
-            rates[key] = measure_throughput(t, dataset, device)
-        total += t.epochs * (n_train + n_eval / 3) / rates[key]
+            rates[key] = measure_throughput(t, dataset, device, stack=len(group))
+        total += t.epochs * (n_train + n_eval / 3) * len(group) / rates[key]
     return total
 
 
@@ -251,6 +262,8 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     out = Path(out)
     if backend == "ray":
         from .ray_backend import run_trials_on_ray  # a missing Ray stops here, before any work
+        if precision != "fp32":
+            raise UserError(f"--precision {precision}: the Ray backend trains in fp32 only")
     _check_grid_folder(out, trials, resume)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,26 +273,25 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
             not in (runlog.STATUS_DONE, runlog.STATUS_DIVERGED)]
     from .train import resolve_device
     dev = resolve_device(device) if backend == "local" else device
+    groups = [[t] for t in todo]
+    if backend == "local":
+        from .engine import plan_stacks, resolve_engine
+        engine = resolve_engine(engine, dev, log)
+        if engine == "stacked" and todo:
+            stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
+            groups = [[todo[i] for i in s] for s in stacks]
     if estimate and todo:
-        eta = estimate_seconds(todo, dataset, dev if backend == "local" else "cpu")
+        eta = estimate_seconds(groups, dataset, dev if backend == "local" else "cpu")
         warn = " -- many hours on a CPU: consider a GPU or --preset quick" if eta > 3 * 3600 else ""
         log(f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished), "
             f"estimated {format_duration(eta)} on {dev}{warn}")
     else:
         log(f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)")
+    if any(len(g) > 1 for g in groups):
+        log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
     if backend == "ray":
         run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log)
     elif backend == "local":
-        from .engine import plan_stacks, resolve_engine
-        engine = resolve_engine(engine, dev, log)
-        if engine == "stacked":
-            stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
-            groups = [[todo[i] for i in s] for s in stacks]
-            if any(len(g) > 1 for g in groups):
-                log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of "
-                    f"{', '.join(str(len(g)) for g in groups)}")
-        else:
-            groups = [[t] for t in todo]
         bar = progress_bar(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
                            enabled=progress, position=1)
         try:
