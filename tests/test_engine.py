@@ -179,6 +179,8 @@ def test_a_diverging_trial_leaves_its_stack_mates_alone(alone, dataset, tmp_path
     assert any(m.startswith("diverged: train loss became") for m in logged)
     assert not (tmp_path / "d" / runlog.LAST_CKPT).exists()
     assert_same_trial(tmp_path / "ok", alone / TRIALS[0].name())
+    # checkpoints written once, at the end: best.pt still says which epoch its weights are from
+    assert load_checkpoint(tmp_path / "ok" / runlog.BEST_CKPT)["epoch"] == records[1]["best_epoch"]
 
 
 # ----------------------------------------------------------------------------- planning

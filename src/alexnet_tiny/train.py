@@ -317,8 +317,10 @@ class RunFolder:
         return improved
 
     def save(self, name: str, model, optimizer=None, scheduler=None) -> None:
-        """best.pt (weights only) or last.pt (with optimizer and scheduler) as of the last finished epoch."""
-        ckpt = checkpoint_dict(model, optimizer, scheduler, self.start_epoch - 1, self.config, self.dataset,
+        """best.pt (the best epoch's weights) or last.pt (the last finished epoch's, with optimizer and
+        scheduler). The engine writes best.pt epochs after its best epoch: it is labelled with that epoch."""
+        epoch = self.best["epoch"] if name == runlog.BEST_CKPT else self.start_epoch - 1
+        ckpt = checkpoint_dict(model, optimizer, scheduler, epoch, self.config, self.dataset,
                                self.best, self.elapsed, full=optimizer is not None)
         atomic_torch_save(ckpt, self.out / name)
         if optimizer is not None:  # config.json's epochs_done counts the epochs a resume keeps
