@@ -32,6 +32,12 @@ TRIALS = [BASE,
 DIVERGING = BASE.replace(lr=1e6)
 
 
+def free(folder: Path) -> None:
+    """Empty a passing test's folder: its trials' checkpoints take 0.7 GB each."""
+    shutil.rmtree(folder)
+    folder.mkdir()
+
+
 @pytest.fixture(scope="module")
 def dataset(small_data):
     return load_dataset(small_data, progress=False)
@@ -42,7 +48,8 @@ def stacked(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engine") / "stacked"
     train_stack(TRIALS, dataset, [out / t.name() for t in TRIALS], "cpu", progress=False, log=quiet,
                 checkpoint_seconds=0)
-    return out
+    yield out
+    shutil.rmtree(out)  # 2 GB of checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +57,8 @@ def alone(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("engine") / "alone"
     for t in TRIALS:
         train(t, dataset, out / t.name(), device="cpu", progress=False, log=quiet, engine="single")
-    return out
+    yield out
+    shutil.rmtree(out)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -167,6 +175,7 @@ def test_resume_of_an_interrupted_stack(stacked, dataset, tmp_path):
     for t, o in zip(TRIALS, outs):
         assert without_timing(runlog.read_metrics(o)) == without_timing(runlog.read_metrics(stacked / t.name()))
         assert [s for s, _ in runlog.read_scalars(o)["val/accuracy"]] == [1, 2]
+    free(tmp_path)  # 3 GB of checkpoints, needed no more
 
 
 @pytest.mark.slow
@@ -181,6 +190,7 @@ def test_a_diverging_trial_leaves_its_stack_mates_alone(alone, dataset, tmp_path
     assert_same_trial(tmp_path / "ok", alone / TRIALS[0].name())
     # checkpoints written once, at the end: best.pt still says which epoch its weights are from
     assert load_checkpoint(tmp_path / "ok" / runlog.BEST_CKPT)["epoch"] == records[1]["best_epoch"]
+    free(tmp_path)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -222,6 +232,7 @@ def test_bf16_precision_in_both_loops(alone, dataset, tmp_path):
     with pytest.raises(UserError, match="--precision fp16: expected one of fp32, bf16"):
         train(config, dataset, tmp_path / "c", device="cpu", precision="fp16")
     assert not (tmp_path / "c").exists()
+    free(tmp_path)
 
 
 def test_ray_backend_refuses_bf16(small_data, tmp_path, capsys):
@@ -258,3 +269,4 @@ def test_grid_cli_with_the_stacked_engine(small_data, tmp_path):
         assert runlog.read_config(tmp_path / "g" / name)["status"] == "done"
     bad = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "h", "--engine", "fast")
     assert bad.returncode == 2 and "invalid choice: 'fast'" in bad.stderr
+    free(tmp_path)
