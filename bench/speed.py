@@ -41,12 +41,14 @@ from PIL import Image
 
 from alexnet_tiny.allocator import retained_heap
 from alexnet_tiny.config import TrainConfig
-from alexnet_tiny.data import Split, ensure_dataset
+from alexnet_tiny.data import Split, ensure_dataset, prepare
 from alexnet_tiny.engine import StackedAlexNet, StackedSGD, evaluate_stack, train_stack_epoch
 from alexnet_tiny.errors import UserError
-from alexnet_tiny.grid import format_duration
 from alexnet_tiny.model import AlexNet, count_parameters
-from alexnet_tiny.train import evaluate, make_optimizer, resolve_device, train_one_epoch
+from alexnet_tiny.device import resolve_device
+from alexnet_tiny.evaluate import evaluate
+from alexnet_tiny.progress import format_duration
+from alexnet_tiny.train import TrialState, train_one_epoch
 from alexnet_tiny.transforms import MEAN, STD, resize_size, train_batch
 
 SEED_GRID = {"trials": 12, "epochs": 35, "train_images": 4000, "eval_images": 1000}
@@ -211,9 +213,10 @@ class Bench:
             stack = StackedAlexNet(model, self.args.stack, self.device, conv=self.args.stack_conv)
             trials = [config.replace(lr=config.lr * (1 + k / self.args.stack)) for k in range(self.args.stack)]
             return stack, StackedSGD(stack, trials)
+        state = TrialState(config, self.num_classes, self.device)
         if self.args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model, make_optimizer(model, config)
+            state.layout(torch.channels_last)
+        return state.model, state
 
     def autocast(self, pipeline: str):
         if pipeline == "engine" and self.args.bf16:
@@ -237,11 +240,10 @@ class Bench:
                 n_train = baseline_train(model, optimizer, loader, dev)
             elif isinstance(model, StackedAlexNet):
                 n_train = model.k * len(train)
-                train_stack_epoch(model, optimizer, train, config, torch.zeros(model.k, device=dev), dev, epoch,
-                                  progress=False)
+                train_stack_epoch(model, optimizer, train, config, [0.0] * model.k, dev, epoch, progress=False)
             else:
                 n_train = len(train)
-                train_one_epoch(model, optimizer, train, config, dev, epoch, progress=False)
+                train_one_epoch(optimizer, train, dev, epoch, progress=False)
             sync(dev)
             t1 = time.perf_counter()
             faults = minor_faults() - faults
@@ -322,11 +324,11 @@ def breakdown(bench: Bench, repeats: int) -> None:
     x, y = x.to(dev), y.to(dev)
 
     def forward_backward(model, optimizer):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()  # gradients set to None in both
         F.cross_entropy(model(x), y).backward()
 
     if dev.type == "cpu":  # as train_one_epoch trains on the CPU
-        model_e.to(memory_format=torch.channels_last)
+        sgd_e.layout(torch.channels_last)
 
     def forward_backward_retained():
         with retained_heap():
@@ -340,7 +342,7 @@ def breakdown(bench: Bench, repeats: int) -> None:
         "engine: zero_grad + forward + backward, retained heap" + (", NHWC" if dev.type == "cpu" else ""):
             forward_backward_retained,
         "baseline: SGD step, PyTorch's default (a loop over tensors)": sgd_b.step,
-        "engine: SGD step, fused": sgd_e.step,
+        "engine: SGD step, fused": sgd_e.step if isinstance(sgd_e, StackedSGD) else lambda: sgd_e.step(config.lr),
     }
     times = {name: [] for name in parts}
     faults = {name: [] for name in parts}
@@ -429,6 +431,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
+        if args.data is None:  # the bench's own copy of the embedded archive (prepared once; then a no-op)
+            prepare(DEFAULT_DATA, progress=False)
         dataset = ensure_dataset(args.data if args.data is not None else DEFAULT_DATA, progress=False)
     except UserError as e:
         raise SystemExit(f"speed.py: {e}") from None

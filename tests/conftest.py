@@ -89,6 +89,25 @@ def small_data(tiny_data, tmp_path_factory) -> Path:
     return root
 
 
+TIMING = ("epoch_seconds", "images_per_second")  # metrics that differ between identical runs
+
+
+def quiet(_msg: str) -> None:
+    """A `log` that drops every line."""
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def stop_after(epoch: int):
+    """A callback that presses Ctrl-C once `epoch` is finished (and saved)."""
+    def callback(row):
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+    return callback
+
+
 def run_cli(*args, cwd=None, timeout=600, check=False, env=None) -> subprocess.CompletedProcess:
     """Run `python -m alexnet_tiny ARGS` as a real subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from alexnet_tiny import cli, runlog
 from alexnet_tiny.config import PRESETS
+from alexnet_tiny.device import require_torch
+from alexnet_tiny.errors import UserError
 from conftest import run_cli
 
 SUBCOMMANDS = sorted(next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
@@ -176,7 +181,7 @@ def test_evaluate_errors(tmp_path):
     assert f"{tmp_path / 'nothing.pt'}: checkpoint not found" in error_line(missing, "evaluate")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert "not a readable alexnet-tiny checkpoint" in error_line(run_cli("evaluate", bad), "evaluate")
+    assert f"{bad}: not a PyTorch checkpoint" in error_line(run_cli("evaluate", bad), "evaluate")
 
 
 @pytest.mark.slow
@@ -197,3 +202,31 @@ def test_evaluate_an_empty_split(pipeline, tmp_path):
 def test_unknown_device(tmp_path, capsys):
     assert cli.main(["train", "--device", "tpu", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]) == 2
     assert "--device tpu: expected auto, cpu or cuda" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- torch version
+
+TOO_OLD = ("torch 2.3.1 is too old: alexnet-tiny needs torch >= 2.4 (fused SGD on the CPU); "
+           "upgrade with: pip install 'torch>=2.4'")
+
+
+def test_too_old_torch_is_refused_before_any_work(tmp_path):
+    """A real interpreter whose torch reports 2.3.1: prepare stops at once, in one line, writing nothing."""
+    out = tmp_path / "data"
+    code = ("import sys, torch; torch.__version__ = '2.3.1'; from alexnet_tiny.cli import main; "
+            f"sys.exit(main(['prepare', '--out', {str(out)!r}, '-q']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"alexnet-tiny prepare: error: {TOO_OLD}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("version,refused", [("2.3.1+cu121", True), ("2.4.0", False), ("2.13.0+cpu", False),
+                                             ("2.5.0a0+git1234", False)])
+def test_torch_versions_compare_as_numbers(version, refused, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", version)
+    if refused:
+        with pytest.raises(UserError, match=rf"^torch {re.escape(version)} is too old: "):
+            require_torch()
+    else:
+        require_torch()  # "2.13" sorts before "2.4" as text, not as a version

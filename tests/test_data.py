@@ -435,3 +435,38 @@ def test_bad_input_in_a_real_subprocess(bad, one_class, tmp_path):
 def test_load_dataset_without_dataset_json(tmp_path):
     with pytest.raises(UserError, match="not a prepared dataset description"):
         load_dataset(tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- ensure_dataset: explicit folders
+
+def test_ensure_dataset_refuses_a_folder_that_does_not_exist(tmp_path):
+    data = tmp_path / "nowhere" / "data"
+    with pytest.raises(UserError) as e:
+        ensure_dataset(data, progress=False)
+    assert str(e.value) == f"{data}: no such dataset folder; run `alexnet-tiny prepare --out {data}` to prepare it"
+    assert list(tmp_path.iterdir()) == []  # nothing prepared there
+
+
+def test_ensure_dataset_refuses_an_empty_explicit_folder(tmp_path):
+    with pytest.raises(UserError) as e:
+        ensure_dataset(tmp_path, progress=False)
+    assert str(e.value) == (f"{tmp_path}: not a prepared dataset (no dataset.json); "
+                            f"run `alexnet-tiny prepare --out {tmp_path}`")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("root", [None, "data/tiny-image10"], ids=["implicit", "named"])
+def test_ensure_dataset_prepares_the_default_folder_on_first_use(root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DEFAULT_DATA_DIR is relative: data/tiny-image10 in the current folder
+    dataset = ensure_dataset(root, progress=False)
+    assert dataset.wnids == EMBEDDED_WNIDS and (tmp_path / "data" / "tiny-image10" / "dataset.json").is_file()
+
+
+def test_train_with_data_that_does_not_exist_through_the_cli(tmp_path):
+    data, run = tmp_path / "nonexistent" / "path", tmp_path / "run"
+    proc = run_cli("train", "--data", data, "--out", run, "--preset", "quick", "--epochs", 1, "--device", "cpu", "-q",
+                   cwd=tmp_path)  # quick, 1 epoch: short even where the folder would be prepared and trained on
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"alexnet-tiny train: error: {data}: no such dataset folder; "
+                                        f"run `alexnet-tiny prepare --out {data}` to prepare it"]
+    assert list(tmp_path.iterdir()) == []  # no data folder, no run folder

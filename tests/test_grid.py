@@ -15,8 +15,9 @@ import pytest
 from alexnet_tiny import cli, runlog
 from alexnet_tiny.config import PRESETS, TrainConfig
 from alexnet_tiny.errors import UserError
-from alexnet_tiny.grid import (GRID_PRESETS, RESULT_COLUMNS, best_row, expand, format_duration, grid_trials,
-                               load_grid_toml, run_grid)
+from alexnet_tiny.grid import expand, grid_trials, load_grid_toml, run_grid
+from alexnet_tiny.progress import format_duration
+from alexnet_tiny.results import RESULT_COLUMNS, best_row, collect_results, write_results
 from conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,9 +88,10 @@ def test_quick_preset_keeps_the_shape():
     name, trials = grid_trials(None)  # the default
     assert name == "quick" and trials == grid_trials("quick")[1]
     assert len({t.lr for t in trials}) >= 2 and len({t.momentum for t in trials}) >= 2
-    assert all(t.image_size == PRESETS["quick"].image_size for t in trials)
     assert len({t.name() for t in trials}) == len(trials)
-    assert GRID_PRESETS["quick"]["preset"] == "quick"
+    # the train preset `quick`, varied in lr and momentum and cut in epochs only
+    assert all(t.replace(lr=PRESETS["quick"].lr, momentum=PRESETS["quick"].momentum, epochs=PRESETS["quick"].epochs)
+               == PRESETS["quick"] for t in trials)
 
 
 def test_toml_product_and_order(tmp_path):
@@ -175,6 +177,20 @@ def test_best_row_uses_validation_accuracy_only():
             row("e", None, None, "failed"), row("f", None, None, "pending")]
     assert best_row(rows)["trial"] == "b"  # highest val; the tie goes to the earlier trial; test plays no part
     assert best_row(rows[3:]) is None
+
+
+def test_results_print_hyperparameters_exactly(tmp_path):
+    """results.md prints lr 1e-5 and 5e-5 as the trial names do, not rounded to four decimals;
+    metrics keep four decimals."""
+    trials = [PRESETS["quick"].replace(lr=lr) for lr in (1e-5, 5e-5, 0.02)]
+    rows = collect_results(tmp_path, trials)
+    for r, val in zip(rows, (0.123456, 0.5, 0.25)):
+        r.update(status="done", best_val_accuracy=val)
+    write_results(tmp_path, rows)
+    body = (tmp_path / "results.md").read_text().splitlines()[2:]
+    lr_cells = [line.split(" | ")[1] for line in body]
+    assert lr_cells == ["1e-05", "5e-05", "0.02"] and "lr1e-05_" in trials[0].name()
+    assert "| 0.1235 |" in body[0] and "0.0000" not in "".join(body)
 
 
 # ----------------------------------------------------------------------------- a real grid

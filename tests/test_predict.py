@@ -12,7 +12,8 @@ from PIL import Image
 from alexnet_tiny.data import load_dataset
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.predict import MAX_PIXELS, load_image, predict
-from alexnet_tiny.train import predict_logits, train
+from alexnet_tiny.evaluate import predict_logits
+from alexnet_tiny.train import train
 
 from conftest import FAST, run_cli
 
@@ -108,6 +109,33 @@ def test_predictions_match_the_training_pipeline(checkpoint, small_data):
         assert [t["class"] for t in r["top"]] == [ds.names[k] for k in p.argsort(descending=True)[:3]]
         assert r["top"][0]["probability"] == pytest.approx(p.max().item(), abs=1e-5)
         assert [t["probability"] for t in r["top"]] == sorted((t["probability"] for t in r["top"]), reverse=True)
+
+
+def test_a_checkpoint_is_evaluated_with_its_own_preprocessing(checkpoint, small_data, tmp_path):
+    """evaluate and predict read resize, mean and std from the checkpoint, never recompute them from
+    its image size: a checkpoint recording another preprocessing gives that preprocessing's logits."""
+    import torch
+    from alexnet_tiny.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet_tiny.evaluate import evaluate_checkpoint
+    from alexnet_tiny.transforms import Preprocessing
+    ckpt = load_checkpoint(checkpoint)
+    size = ckpt["preprocessing"]["image_size"]
+    other = Preprocessing(size, size + 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert other != Preprocessing.for_size(size)
+    changed = tmp_path / "other.pt"
+    torch.save({**ckpt, "preprocessing": other.to_dict()}, changed)
+    ds = load_dataset(small_data, progress=False)
+    model = model_from_checkpoint(ckpt)
+    test = ds.splits["test"]
+    for prep, path in ((Preprocessing.for_size(size), checkpoint), (other, changed)):
+        expected = predict_logits(model, test.images, prep, "cpu")
+        result = evaluate_checkpoint(path, data=small_data, device="cpu", progress=False)
+        assert result["accuracy"] == (expected.argmax(1) == test.labels).double().mean().item()
+        top = predict(path, [small_data / test.files[0]], topk=1, device="cpu")[0]["top"][0]
+        assert top["probability"] == pytest.approx(expected[0].softmax(0).max().item(), abs=1e-5)
+    default_logits, other_logits = (predict_logits(model, test.images[:8], p, "cpu")
+                                    for p in (Preprocessing.for_size(size), other))
+    assert not torch.allclose(default_logits, other_logits)  # the two really differ
 
 
 def test_topk_is_capped_at_the_number_of_classes(checkpoint, images):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_tiny import runlog
-from alexnet_tiny.grid import RESULTS_CSV
+from alexnet_tiny.results import RESULTS_CSV
 
 from conftest import FAST, run_cli
 

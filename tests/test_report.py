@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -268,3 +267,28 @@ def test_page_in_headless_chromium(report, tmp_path):
         assert im.size == (1280, 2400)
         colours = im.convert("RGB").resize((64, 120)).getcolors(64 * 120)
         assert len(colours) > 50  # not a blank page
+
+
+def test_a_bf16_trial_is_evaluated_in_bf16(grid_dir, small_data, tmp_path):
+    """The best checkpoint is evaluated in the precision it was trained and selected in (recorded in
+    it), and the page says which: here a real run's best.pt marked as a bf16 trial's."""
+    import torch
+    from alexnet_tiny.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet_tiny.data import load_dataset
+    from alexnet_tiny.evaluate import evaluate
+    runs = clone(grid_dir, tmp_path / "g", skip=lambda p: p.name == runlog.BEST_CKPT)
+    for trial in grid_dir.iterdir():
+        if (trial / runlog.BEST_CKPT).exists():
+            ckpt = load_checkpoint(trial / runlog.BEST_CKPT)
+            torch.save({**ckpt, "precision": "bf16"}, runs / trial.name / runlog.BEST_CKPT)
+    out = write_report(runs, progress=False, log=lambda m: None, device="cpu")
+    report = json.loads((out / "report.json").read_text())
+    ev = report["evaluation"]
+    assert ev["precision"] == "bf16"
+    ckpt = load_checkpoint(ev["checkpoint"])
+    test = load_dataset(small_data, progress=False).splits["test"]
+    bf16, fp32 = (evaluate(model_from_checkpoint(ckpt), test, ckpt["preprocessing"]["image_size"], "cpu", 3, p)
+                  for p in ("bf16", "fp32"))
+    assert ev["test"]["loss"] == pytest.approx(bf16.loss, rel=1e-9)
+    assert bf16.loss != fp32.loss  # bf16 really rounds differently, so the check above can tell them apart
+    assert "evaluated in <b>bf16</b>" in (out / "index.html").read_text()

@@ -3,7 +3,8 @@ from .config import PRESETS, TrainConfig
 from .data import Dataset, load_dataset, prepare
 from .errors import UserError
 from .model import AlexNet
-from .train import evaluate, train
+from .evaluate import evaluate
+from .train import train
 
 __version__ = "0.1.0"
 __all__ = ["AlexNet", "Dataset", "PRESETS", "TrainConfig", "UserError", "evaluate", "load_dataset", "prepare",

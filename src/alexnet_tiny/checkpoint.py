@@ -5,7 +5,11 @@
 """
 from __future__ import annotations
 
+import contextlib
+import pickle
+import pickletools
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -15,7 +19,9 @@ from .model import AlexNet
 
 
 def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) -> dict:
-    """mmap: map the tensors instead of reading them (to look at the header fields cheaply)."""
+    """mmap: map the tensors instead of reading them (to look at the header fields cheaply).
+    A file the weights-only load refuses is refused here too, with the reason in our own words: torch's
+    message for it advises weights_only=False, which would run whatever code the file carries."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -23,10 +29,28 @@ def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 164" from a foreign file: the error says it
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - foreign bytes fail the weights-only unpickler in many ways
         # (UnpicklingError, KeyError, IndexError, struct.error, zip errors ...); none may run code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{path}: not a readable alexnet-tiny checkpoint ({first[:200]})") from None
+        with path.open("rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        refused, found = False, None  # found: the first name the pickle imports besides tensor machinery
+        with contextlib.suppress(Exception), zipfile.ZipFile(path) as z:
+            refused = isinstance(e, pickle.UnpicklingError) and z.testzip() is None  # torch skips the checksums
+            pkl = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+            tensors_and_containers = {"torch", "torch._utils", "collections", "_codecs"}
+            found = next(arg.replace(" ", ".").replace("__builtin__.", "builtins.")  # parsed, not unpickled
+                         for op, arg, _ in pickletools.genops(pkl)
+                         if op.name == "GLOBAL" and arg.split(" ")[0] not in tensors_and_containers)
+        if refused:
+            what = f"a pickled {found}" if found else "pickled objects"
+            why = f"holds {what}, not only tensors and plain containers: refused, never unpickled"
+        elif zip_start:
+            why = "truncated or damaged (a zip archive, as torch.save writes, that does not read back whole)"
+        else:
+            why = "not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)"
+        raise UserError(f"{path}: {why}") from None
     if not isinstance(ckpt, dict) or not {"model", "classes", "preprocessing"} <= ckpt.keys():
         raise UserError(f"{path}: not an alexnet-tiny checkpoint (expected model, classes and preprocessing)")
     return ckpt

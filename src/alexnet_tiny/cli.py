@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import HYPERPARAMETERS, TYPES, preset
 from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLITS
+from .device import require_torch
 from .errors import UserError
 
 
@@ -86,7 +87,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import best_row, grid_trials, run_grid
+    from .grid import grid_trials, run_grid
+    from .results import best_row, summary
     name, trials = grid_trials(args.preset, args.config)
     out = Path(args.out or f"runs/{name}")
     t0 = time.time()
@@ -98,11 +100,9 @@ def cmd_grid(args) -> int:
         from .report import write_report
         write_report(out, progress=not args.quiet, log=log)
     best = best_row(rows)
-    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
-    status = ", ".join(f"{n} {s}" for s, n in counts.items())
     verdict = (f"best {best['trial']}: val {best['best_val_accuracy']:.3f} (epoch {best['best_epoch']}), "
                f"test {best['test_accuracy_at_best']:.3f}") if best else "no trial finished"
-    print(f"grid {out}: {len(rows)} trials ({status}) in {time.time() - t0:.0f}s; {verdict}")
+    print(f"grid {out}: {summary(rows)} in {time.time() - t0:.0f}s; {verdict}")
     return 0
 
 
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        require_torch()
         return args.func(args)
     except UserError as e:
         print(f"alexnet-tiny {args.command}: error: {e}", file=sys.stderr)

@@ -360,10 +360,14 @@ def _load_cache(path: Path):
 
 
 def ensure_dataset(root: Path | str | None = None, progress: bool = True) -> Dataset:
-    """Load a prepared dataset; the default folder is prepared from the embedded archive if absent."""
+    """Load a prepared dataset. Only the default folder is prepared (from the embedded archive) on first
+    use; any other folder must already hold one, so that a mistyped --data never fills a new folder."""
     root = Path(root) if root is not None else DEFAULT_DATA_DIR
+    default = root == DEFAULT_DATA_DIR  # also when named explicitly: it is the same folder
     if not (root / "dataset.json").exists():
-        if root.exists() and any(root.iterdir()):
+        if not root.exists() and not default:
+            raise UserError(f"{root}: no such dataset folder; run `alexnet-tiny prepare --out {root}` to prepare it")
+        if root.exists() and (not default or any(root.iterdir())):
             raise UserError(f"{root}: not a prepared dataset (no dataset.json); run `alexnet-tiny prepare --out {root}`")
         prepare(root, progress=progress)
     return load_dataset(root, progress=progress)

@@ -2,17 +2,18 @@
 
 Trials of a grid that differ only in how they optimise (lr, momentum, gamma, step size, schedule,
 weight decay, nesterov, label smoothing) see exactly the same batches, crops, flips, mixup weights
-and dropout masks (`train.epoch_batches`). The engine stacks their weights along a leading trial
-dimension and advances them together:
+and dropout masks (`trial.epoch_batches`, `trial.stream_key`). The engine stacks their weights
+along a leading trial dimension and advances them together:
 
 - one shared input batch; the first conv is one conv with K x 64 filters, the other convs are
   grouped convs (groups=K), the fully connected layers are batched matmuls (baddbmm);
-- each trial's loss is its own mean cross-entropy (with its own label smoothing), so the summed
-  loss gives every trial exactly its own gradient;
-- each trial's SGD step is PyTorch's fused SGD kernel (`torch.optim.SGD(fused=True)`) on its slice of
-  the stacked weights, gradients and momenta, with its own lr, momentum, weight decay and nesterov;
+- each trial's loss is its own mean cross-entropy (`trial.trial_losses`, its own label smoothing),
+  so the summed loss gives every trial exactly its own gradient;
+- each trial's SGD step is `trial.sgd_step` on its slice of the stacked weights, gradients and
+  momenta, with its own lr (`trial.lr_at`), momentum, weight decay and nesterov;
 - the data stays on the device; the best weights are kept there too, and checkpoints are written
-  every CHECKPOINT_SECONDS and at the end (not every epoch: 12 trials' last.pt are 5.5 GB).
+  every CHECKPOINT_SECONDS and at the end (not every epoch: 12 trials' last.pt are 5.5 GB); a trial
+  that diverges has its best weights written at once, so config.json never names unsaved weights.
 
 Every trial remains an independent trial: its run folder is exactly what `train` writes, and on the
 CPU a trial trained in a stack matches the same trial trained alone to rounding (tests/test_engine.py).
@@ -22,34 +23,27 @@ from __future__ import annotations
 import math
 import resource
 import time
-import warnings
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.sgd import sgd as sgd_update  # torch.optim.SGD's own functional step
 
 from . import runlog
 from .allocator import retained_heap
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import Dataset
+from .device import autocast
 from .errors import UserError
-from .model import AlexNet
-from .train import (EVAL_BATCH_SIZE, Evaluation, RunFolder, autocast, epoch_batches, epoch_line, evaluation, lr_at,
-                    make_optimizer, make_scheduler, mixed_loss)
+from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
+from .model import AlexNet, dropout_mask
+from .runfolder import RunFolder, epoch_line
 from .transforms import eval_batch
+from .trial import epoch_batches, lr_at, momenta_from_state, optimizer_state, sgd_step, stream_key, trial_losses
 
 ENGINES = ("auto", "stacked", "single")
-# The fields that shape a trial's data stream: trials equal in these can share one stack.
-STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup")
 CHECKPOINT_SECONDS = 300.0
-
-
-def stream_key(config: TrainConfig) -> tuple:
-    return tuple(getattr(config, f) for f in STREAM_FIELDS)
 
 
 def resolve_engine(engine: str, device: torch.device, log=print) -> str:
@@ -138,35 +132,16 @@ class StackedAlexNet(nn.Module):
             p[k].copy_(state_dict[name])
 
 
-def dropout_mask(shape, p: float, device) -> torch.Tensor:
-    """One mask for the whole stack, drawn exactly as nn.Dropout draws it for one trial (the same
-    generator calls in the same order), so every trial gets the masks it would get alone."""
-    return torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
-
-
-def trial_losses(logits: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each trial (K,), with per-trial label smoothing, as F.cross_entropy."""
-    logp = logits.float().log_softmax(-1)
-    nll = -logp.gather(-1, y.expand(logp.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-    return ((1 - smoothing)[:, None] * nll - smoothing[:, None] * logp.mean(-1)).mean(1)
-
-
 # ----------------------------------------------------------------------------- the stacked optimiser
 
 class StackedSGD:
-    """torch.optim.SGD (fused; weight decay on weights only, as `train.make_optimizer`) applied to each
-    trial's slice of the stacked tensors with that trial's hyperparameters. Gradients are set to None
-    between steps, as in `train`, so that backward hands over fresh ones instead of adding into
-    zeroed ones (two passes less over every gradient)."""
+    """`trial.sgd_step` applied to each trial's slice of the stacked weights, gradients and momenta,
+    with that trial's hyperparameters and lr. Gradients are set to None between steps, as in `train`,
+    so that backward hands over fresh ones instead of adding into zeroed ones."""
 
     def __init__(self, stack: StackedAlexNet, configs: list[TrainConfig]):
         self.stack, self.configs = stack, configs
-        params = list(stack.params)
-        self.momenta = [torch.zeros_like(p) for p in params]
-        self.groups = ([i for i, p in enumerate(params) if p.ndim > 2],  # weights (the trial dimension comes first)
-                       [i for i, p in enumerate(params) if p.ndim <= 2])  # biases: no weight decay
-        self.slices = [[([params[i][k] for i in group], [self.momenta[i][k] for i in group]) for group in self.groups]
-                       for k in range(len(configs))]
+        self.momenta = [torch.zeros_like(p) for p in stack.params]
         self.lrs = [lr_at(c, 0) for c in configs]
         self.active = [True] * len(configs)
 
@@ -177,22 +152,22 @@ class StackedSGD:
         for p in self.stack.params:
             p.grad = None
 
-    @torch.no_grad()
     def step(self) -> None:
-        grads = [p.grad for p in self.stack.params]
+        params = list(self.stack.params)
+        grads = [p.grad for p in params]
         for k, c in enumerate(self.configs):
-            if not self.active[k]:
-                continue
-            for (params, momenta), group, decay in zip(self.slices[k], self.groups, (c.weight_decay, 0.0)):
-                sgd_update(params, [grads[i][k] for i in group], momenta, fused=True, weight_decay=decay, momentum=c.momentum,
-                                    lr=self.lrs[k], dampening=0.0, nesterov=c.nesterov, maximize=False)
+            if self.active[k]:
+                sgd_step(self.stack.names, [p[k] for p in params], [g[k] for g in grads],
+                         [m[k] for m in self.momenta], c, self.lrs[k])
 
-    def momentum_state(self, k: int, device="cpu") -> list[torch.Tensor]:
-        return [m[k].detach().to(device, copy=True) for m in self.momenta]
+    def trial_state(self, k: int, epochs_done: int) -> dict:
+        """Trial k's momenta as a checkpoint's "optimizer" entry (on the CPU)."""
+        return optimizer_state(self.stack.names, [m[k].detach().cpu() for m in self.momenta], self.configs[k],
+                               lr_at(self.configs[k], epochs_done))
 
     @torch.no_grad()
-    def load_momentum(self, k: int, momenta: list[torch.Tensor | None]) -> None:
-        for m, saved in zip(self.momenta, momenta):
+    def load_trial(self, k: int, optimizer: dict) -> None:
+        for m, saved in zip(self.momenta, momenta_from_state(optimizer, self.stack.names)):
             m[k].copy_(saved) if saved is not None else m[k].zero_()
 
 
@@ -200,16 +175,15 @@ class StackedSGD:
 
 @retained_heap()
 def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, stream: TrainConfig,
-                      smoothing: torch.Tensor, device, epoch: int, progress: bool = True) -> list[dict]:
+                      smoothing: list[float], device, epoch: int, progress: bool = True) -> list[dict]:
     """One epoch of every trial in the stack; train loss and accuracy per trial."""
     stack.train()
-    loss_fn = partial(trial_losses, smoothing=smoothing)
     loss_sum = torch.zeros(stack.k, device=device)
     correct = torch.zeros(stack.k, device=device, dtype=torch.int64)
     start = time.perf_counter()
     for x, y, lam in epoch_batches(split, stream, device, epoch, progress):
         out = stack(x)
-        losses = mixed_loss(loss_fn, out, y, lam)
+        losses = trial_losses(out, y, smoothing, lam)
         optimizer.zero_grad()
         losses.sum().backward()
         optimizer.step()
@@ -225,7 +199,7 @@ def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, strea
 @torch.no_grad()
 def evaluate_stack(stack: StackedAlexNet, split, image_size: int, device, num_classes: int) -> list[Evaluation]:
     stack.eval()
-    logits = [stack(eval_batch(split.images[i:i + EVAL_BATCH_SIZE].to(device), image_size))
+    logits = [stack(eval_batch(split.images[i:i + EVAL_BATCH_SIZE].to(device), image_size)).float()
               for i in range(0, len(split), EVAL_BATCH_SIZE)]
     logits = torch.cat(logits, 1) if logits else torch.zeros(stack.k, 0, num_classes)
     return [evaluation(logits[k], split.labels, num_classes) for k in range(stack.k)]
@@ -271,9 +245,9 @@ def free_memory(device: torch.device) -> int:
     return 8 << 30  # unknown: assume a modest machine
 
 
-def stack_capacity(config: TrainConfig, num_classes: int, device: torch.device) -> int:
-    """How many trials fit in one stack: 85% of the free memory, less 1 GiB of workspace."""
-    budget = 0.85 * free_memory(device) - (1 << 30)
+def stack_capacity(config: TrainConfig, num_classes: int, free_bytes: int) -> int:
+    """How many trials fit in one stack: 85% of the free memory, less 1 GiB of workspace (at least one)."""
+    budget = 0.85 * free_bytes - (1 << 30)
     return max(1, int(budget // trial_bytes(config, num_classes)))
 
 
@@ -292,7 +266,7 @@ def plan_stacks(configs: list[TrainConfig], outs: list[Path], device: torch.devi
         groups.setdefault((stream_key(c), resume_epoch(out)), []).append(i)
     stacks = []
     for members in groups.values():
-        size = stack_capacity(configs[members[0]], num_classes, device)
+        size = stack_capacity(configs[members[0]], num_classes, free_memory(device))
         size = min(size, max_stack) if max_stack else size
         stacks += [members[i:i + size] for i in range(0, len(members), size)]
     return sorted(stacks)
@@ -316,58 +290,85 @@ class Stack:
         self.model = StackedAlexNet(AlexNet(dataset.num_classes), len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
-        self.saved_best = [r.best["epoch"] for r in runs]
-        self.smoothing = torch.tensor([c.label_smoothing for c in configs], device=device)
+        self.smoothing = [c.label_smoothing for c in configs]
+        self.live = list(range(len(runs)))
 
-    def trial_model(self, state_dict: dict) -> AlexNet:
-        """A plain AlexNet holding `state_dict` (built on the meta device: no initialisation to pay for)."""
-        with torch.device("meta"):
-            model = AlexNet(self.dataset.num_classes)
-        model.load_state_dict(state_dict, assign=True)
-        return model
-
-    def load(self, k: int, ckpt: dict) -> None:
-        model = self.trial_model(ckpt["model"])
-        optimizer = make_optimizer(model, self.runs[k].config)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        self.model.load_trial(k, model.state_dict())
-        self.optimizer.load_momentum(k, [optimizer.state[p].get("momentum_buffer") for p in model.parameters()])
+    def resume(self) -> int:
+        """Each trial's last.pt, read from disk one at a time and copied into its slice (so at most
+        one trial's checkpoint is in host memory and none beside the stack on the device); returns
+        the epoch the stack starts at."""
+        for k, run in enumerate(self.runs):
+            ckpt = run.resume_checkpoint()
+            if ckpt is not None:
+                self.model.load_trial(k, ckpt["model"])
+                self.optimizer.load_trial(k, ckpt["optimizer"])
+            del ckpt
+        start = self.runs[0].start_epoch
+        if any(r.start_epoch != start for r in self.runs):
+            raise ValueError("train_stack: trials resuming from different epochs cannot share a stack")
+        return start
 
     @torch.no_grad()
     def keep_best(self, k: int) -> None:
         for best, p in zip(self.best, self.model.params):
             best[k].copy_(p[k])
 
+    def save_best(self, k: int) -> None:
+        """best.pt of trial k, if a better epoch came since it was written."""
+        if self.runs[k].best_unsaved:
+            self.runs[k].save_best({n: b[k].cpu() for n, b in zip(self.model.names, self.best)})
+
     def save(self, k: int) -> None:
-        """best.pt (if a better epoch came since it was written) and last.pt of trial k, in the format
-        `train` writes and resumes from."""
+        """best.pt, then last.pt of trial k, in the format `train` writes and resumes from."""
         run = self.runs[k]
-        if run.best["epoch"] != self.saved_best[k]:
-            run.save(runlog.BEST_CKPT, self.trial_model({n: b[k].cpu() for n, b in zip(self.model.names, self.best)}))
-            self.saved_best[k] = run.best["epoch"]
-        model = self.trial_model(self.model.trial_state_dict(k))
-        optimizer = make_optimizer(model, run.config)
-        if run.config.momentum > 0:
-            for p, m in zip(model.parameters(), self.optimizer.momentum_state(k)):
-                optimizer.state[p]["momentum_buffer"] = m
-        scheduler = make_scheduler(optimizer, run.config)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": replaying its epochs
-            for _ in range(run.start_epoch - 1):
-                scheduler.step()
-        run.save(runlog.LAST_CKPT, model, optimizer, scheduler)
+        self.save_best(k)
+        run.save_last(self.model.trial_state_dict(k), self.optimizer.trial_state(k, run.epochs_done))
+
+    def train_epoch(self, epoch: int, progress: bool) -> tuple[list[dict], list[Evaluation], list[Evaluation]]:
+        stream, splits, classes = self.runs[0].config, self.dataset.splits, self.dataset.num_classes
+        self.optimizer.set_epoch(epoch - 1)
+        tr = train_stack_epoch(self.model, self.optimizer, splits["train"], stream, self.smoothing, self.device,
+                               epoch, progress)
+        val, test = (evaluate_stack(self.model, splits[s], stream.image_size, self.device, classes)
+                     for s in ("val", "test"))
+        return tr, val, test
+
+    def end_epoch(self, epoch: int, tr, val, test, seconds: float) -> list[tuple[int, dict]]:
+        """Log the epoch of every live trial; freeze (and record) those that diverged, with their
+        best weights written first. Returns (k, record) of the diverged ones."""
+        ended = []
+        for k in list(self.live):
+            run = self.runs[k]
+            if not math.isfinite(tr[k]["loss"]):
+                self.save_best(k)
+                ended.append((k, run.diverge(epoch, tr[k]["loss"], seconds)))
+                self.optimizer.active[k] = False
+                self.live.remove(k)
+            elif run.end_epoch(epoch, tr[k], val[k], test[k], self.optimizer.lrs[k], seconds):
+                self.keep_best(k)
+        return ended
+
+    def line(self, epoch: int, tr: list[dict], val: list[Evaluation], test: list[Evaluation], seconds: float) -> str:
+        live = self.live
+        if len(self.runs) == 1:
+            return epoch_line(epoch, self.runs[0].config, tr[0], val[0], test[0], seconds)
+        losses = [tr[k]["loss"] for k in live]
+        best = max(live, key=lambda k: val[k].accuracy)
+        rate = len(live) * tr[best]["images_per_second"]
+        return (f"epoch {epoch}/{self.runs[0].config.epochs} [{len(live)} trials]  train loss "
+                f"{min(losses):.4f}-{max(losses):.4f}  best val {val[best].accuracy:.3f} ({self.runs[best].out.name})  "
+                f"{seconds:.1f}s ({rate:.0f} trial-img/s)")
 
 
-def stack_line(epoch: int, stack: Stack, live: list[int], tr: list[dict], val: list[Evaluation],
-               test: list[Evaluation], seconds: float) -> str:
-    runs = [stack.runs[k] for k in live]
-    if len(stack.runs) == 1:
-        return epoch_line(epoch, runs[0].config, tr[0], val[0], test[0], seconds)
-    losses = [tr[k]["loss"] for k in live]
-    best = max(live, key=lambda k: val[k].accuracy)
-    rate = len(live) * tr[best]["images_per_second"]
-    return (f"epoch {epoch}/{runs[0].config.epochs} [{len(live)} trials]  train loss {min(losses):.4f}-{max(losses):.4f}  "
-            f"best val {val[best].accuracy:.3f} ({stack.runs[best].out.name})  {seconds:.1f}s ({rate:.0f} trial-img/s)")
+def open_runs(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device, resume: bool, log,
+              precision: str) -> tuple[list[RunFolder], list[dict | None]]:
+    """Every trial's run folder; the records of those already finished (None for the others)."""
+    engine = f"stacked ({len(configs)} trials)"
+    folders = [RunFolder(c, dataset, Path(o), device, resume, log, engine, precision) for c, o in zip(configs, outs)]
+    for r in folders:
+        if r.finished:
+            log(f"{r.out}: already finished ({r.previous['status']}), nothing to do")
+    return folders, [r.previous if r.finished else None for r in folders]
 
 
 def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device, resume: bool = True,
@@ -379,66 +380,42 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
     device = torch.device(device)
     dataset = dataset.to(device)  # resident on the device for the whole stack (a no-op on the CPU)
-    folders = [RunFolder(c, dataset, Path(o), device, resume, log, f"stacked ({len(configs)} trials)", precision)
-               for c, o in zip(configs, outs)]
-    records: list[dict | None] = [r.previous if r.finished else None for r in folders]
-    for r in folders:
-        if r.finished:
-            log(f"{r.out}: already finished ({r.previous['status']}), nothing to do")
+    folders, records = open_runs(configs, dataset, outs, device, resume, log, precision)
     todo = [i for i, r in enumerate(folders) if not r.finished]
-    runs = [folders[i] for i in todo]
-    if not runs:
+    if not todo:
         return records
-    ckpts = [r.resume_checkpoint() for r in runs]
-    start = runs[0].start_epoch
-    if any(r.start_epoch != start for r in runs):
-        raise ValueError("train_stack: trials resuming from different epochs cannot share a stack")
-    stack = Stack(runs, dataset, device)
-    for k, ckpt in enumerate(ckpts):
-        if ckpt is not None:
-            stack.load(k, ckpt)
-    del ckpts
+    stack = Stack([folders[i] for i in todo], dataset, device)
+    start = stack.resume()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # two batch shapes per epoch, the same for every epoch
         torch.cuda.reset_peak_memory_stats(device)
-    stream, splits = runs[0].config, dataset.splits
-    live = list(range(len(runs)))
+    epochs = stack.runs[0].config.epochs
     t_start = last_save = time.perf_counter()
-    for r in runs:
+    for r in stack.runs:
         r.open()
     try:
-        for epoch in range(start, stream.epochs + 1):
+        for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
-            stack.optimizer.set_epoch(epoch - 1)
-            lrs = list(stack.optimizer.lrs)
             with autocast(device, precision):
-                tr = train_stack_epoch(stack.model, stack.optimizer, splits["train"], stream, stack.smoothing,
-                                       device, epoch, progress)
-                val = evaluate_stack(stack.model, splits["val"], stream.image_size, device, dataset.num_classes)
-                test = evaluate_stack(stack.model, splits["test"], stream.image_size, device, dataset.num_classes)
+                tr, val, test = stack.train_epoch(epoch, progress)
             seconds = time.perf_counter() - t0
-            for k in list(live):
-                if not math.isfinite(tr[k]["loss"]):
-                    records[todo[k]] = runs[k].diverge(epoch, tr[k]["loss"], seconds)
-                    stack.optimizer.active[k] = False
-                    live.remove(k)
-                elif runs[k].end_epoch(epoch, tr[k], val[k], test[k], lrs[k], seconds):
-                    stack.keep_best(k)
-            if not live:
+            for k, record in stack.end_epoch(epoch, tr, val, test, seconds):
+                records[todo[k]] = record
+            if not stack.live:
                 break
-            log(stack_line(epoch, stack, live, tr, val, test, seconds))
-            if epoch == stream.epochs or time.perf_counter() - last_save >= checkpoint_seconds:
-                for k in live:
+            log(stack.line(epoch, tr, val, test, seconds))
+            if epoch == epochs or time.perf_counter() - last_save >= checkpoint_seconds:
+                for k in stack.live:
                     stack.save(k)
                 last_save = time.perf_counter()
             if callback is not None:
-                callback(runs[live[0]].row)
-        for k in live:
-            records[todo[k]] = runs[k].finish()
+                callback(stack.runs[stack.live[0]].row)
+        for k in stack.live:
+            records[todo[k]] = stack.runs[k].finish()
     finally:
-        for r in runs:
+        for r in stack.runs:
             r.close()
-    if len(runs) > 1:
-        log(f"stack of {len(runs)} trials: epochs {start}-{stream.epochs} in {time.perf_counter() - t_start:.0f}s, "
+    if len(stack.runs) > 1:
+        log(f"stack of {len(stack.runs)} trials: epochs {start}-{epochs} in {time.perf_counter() - t_start:.0f}s, "
             f"peak memory {peak_memory_gb(device):.1f} GB on {device}")
     return records

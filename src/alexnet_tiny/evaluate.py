@@ -1,12 +1,116 @@
-"""Evaluate a saved checkpoint on one split of a prepared dataset."""
+"""Evaluation, in one place: a model's logits on a split, loss, accuracy and confusion matrix, and a
+saved checkpoint evaluated with its own preprocessing and in the precision it was trained in.
+
+Both training loops, `evaluate`, `predict` and the report call these functions.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import DEFAULT_DATA_DIR, ensure_dataset
+from .data import Dataset, Split, ensure_dataset
+from .device import autocast, check_precision, resolve_device
 from .errors import UserError
-from .train import evaluate, resolve_device
+from .transforms import Preprocessing, eval_batch
+
+EVAL_BATCH_SIZE = 100
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    confusion: torch.Tensor  # [true, predicted] counts
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp(min=1)
+        return (self.confusion.diag().double() / totals).tolist()
+
+
+@torch.no_grad()
+def predict_logits(model, images: torch.Tensor, prep: Preprocessing | int, device, batch_size: int = EVAL_BATCH_SIZE,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Logits of uint8 images under the eval preset `prep` (a Preprocessing, or an image size for
+    the default one), in float32; the forward pass runs under `precision`'s autocast."""
+    model.eval()
+    with autocast(device, precision):
+        outs = [model(eval_batch(images[i:i + batch_size].to(device), prep)).float()
+                for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
+    """Loss, accuracy and confusion matrix from a split's logits."""
+    if len(labels) == 0:
+        return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64))
+    logits, labels = logits.float().cpu(), labels.cpu()
+    loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
+    pred = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+    return Evaluation(loss, (pred == labels).double().mean().item(), confusion)
+
+
+def evaluate(model, split: Split, prep: Preprocessing | int, device, num_classes: int,
+             precision: str = "fp32") -> Evaluation:
+    return evaluation(predict_logits(model, split.images, prep, device, precision=precision), split.labels,
+                      num_classes)
+
+
+# ----------------------------------------------------------------------------- a saved checkpoint
+
+def checkpoint_preprocessing(ckpt: dict, path) -> Preprocessing:
+    """The eval preprocessing a checkpoint recorded (its resize, crop, mean and std), never recomputed."""
+    try:
+        return Preprocessing.from_dict(ckpt["preprocessing"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: its preprocessing entry is not image_size, resize, mean and std "
+                        f"({ckpt.get('preprocessing')!r})") from None
+
+
+def checkpoint_precision(ckpt: dict, path) -> str:
+    """The precision a checkpoint's trial was trained (and selected) in; fp32 for checkpoints older
+    than the precision entry."""
+    precision = ckpt.get("precision", "fp32")
+    try:
+        return check_precision(precision)
+    except UserError:
+        raise UserError(f"{path}: unknown precision {precision!r} (expected fp32 or bf16)") from None
+
+
+class SavedModel:
+    """A checkpoint ready to evaluate: its model on the device, its preprocessing and precision."""
+
+    def __init__(self, path: Path | str, device="cpu"):
+        self.path = Path(path)
+        self.ckpt = load_checkpoint(self.path)
+        self.device = torch.device(device)
+        self.model = model_from_checkpoint(self.ckpt, self.device)
+        self.prep = checkpoint_preprocessing(self.ckpt, self.path)
+        self.precision = checkpoint_precision(self.ckpt, self.path)
+
+    @property
+    def wnids(self) -> list[str]:
+        return self.ckpt["classes"]["wnids"]
+
+    def check_classes(self, dataset: Dataset) -> None:
+        if dataset.wnids != self.wnids:
+            raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(self.model, images, self.prep, self.device, precision=self.precision)
+
+    def evaluate(self, split: Split, num_classes: int) -> Evaluation:
+        return evaluation(self.logits(split.images), split.labels, num_classes)
+
+
+def per_class_rows(dataset: Dataset, ev: Evaluation) -> list[dict]:
+    return [{"wnid": w, "name": n, "accuracy": a, "images": int(c)} for w, n, a, c in
+            zip(dataset.wnids, dataset.names, ev.per_class_accuracy, ev.confusion.sum(1).tolist())]
 
 
 def checkpoint_dataset(ckpt_path: Path, data=None):
@@ -14,25 +118,20 @@ def checkpoint_dataset(ckpt_path: Path, data=None):
     if data is None:
         from .runlog import read_config
         rec = read_config(Path(ckpt_path).parent)
-        data = rec["dataset"]["root"] if rec and Path(rec["dataset"]["root"]).exists() else DEFAULT_DATA_DIR
+        data = rec["dataset"]["root"] if rec and Path(rec["dataset"]["root"]).exists() else None
     return data
 
 
 def evaluate_checkpoint(path, data=None, split: str = "test", device: str = "auto", progress: bool = True) -> dict:
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(path)
+    saved = SavedModel(path, resolve_device(device))
     dataset = ensure_dataset(checkpoint_dataset(path, data), progress=progress)
-    if dataset.wnids != ckpt["classes"]["wnids"]:
-        raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {path} was trained on")
+    saved.check_classes(dataset)
     if len(dataset.splits[split]) == 0:
         raise UserError(f"{dataset.root}: its {split} split has no images to evaluate")
-    model = model_from_checkpoint(ckpt, dev)
-    ev = evaluate(model, dataset.splits[split], ckpt["preprocessing"]["image_size"], dev, dataset.num_classes)
-    per_class = [{"wnid": w, "name": n, "accuracy": a, "images": int(c)} for w, n, a, c in
-                 zip(dataset.wnids, dataset.names, ev.per_class_accuracy, ev.confusion.sum(1).tolist())]
-    return {"checkpoint": str(path), "split": split, "epoch": ckpt.get("epoch"), "images": len(dataset.splits[split]),
-            "loss": ev.loss, "accuracy": ev.accuracy, "per_class": per_class,
-            "confusion": ev.confusion.tolist()}
+    ev = saved.evaluate(dataset.splits[split], dataset.num_classes)
+    return {"checkpoint": str(path), "split": split, "epoch": saved.ckpt.get("epoch"),
+            "images": len(dataset.splits[split]), "precision": saved.precision, "loss": ev.loss,
+            "accuracy": ev.accuracy, "per_class": per_class_rows(dataset, ev), "confusion": ev.confusion.tolist()}
 
 
 def format_table(result: dict) -> str:

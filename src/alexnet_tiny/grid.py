@@ -7,22 +7,29 @@ or diverged is skipped on --resume, any other continues from its last.pt.
 """
 from __future__ import annotations
 
-import csv
-import io
 import itertools
+import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import runlog
 from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce
-from .data import Dataset, atomic_path, ensure_dataset, write_json
+from .data import Dataset, ensure_dataset, write_json
+from .device import check_precision, resolve_device, synchronize
+from .engine import StackedAlexNet, StackedSGD, plan_stacks, resolve_engine
 from .errors import UserError
-from .progress import progress_bar
+from .model import AlexNet
+from .progress import format_duration, progress_bar
+from .results import collect_results, write_results
+from .train import TrialState, run_trials
+from .transforms import train_batch
+from .trial import trial_losses
 
 GRID_FILE = "grid.json"
-RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
+BACKENDS = ("local", "ray")
 
 GRID_PRESETS: dict[str, dict] = {
     # The original study: 3 learning rates x 2 momenta x 2 gammas, batch 12, 35 epochs at 224.
@@ -98,36 +105,32 @@ def grid_trials(preset: str | None = None, config: Path | str | None = None) -> 
 # ----------------------------------------------------------------------------- estimate
 
 def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int = 3, stack: int = 1) -> float:
-    """Training images per second for this config on this device, from a few real steps; with
-    stack > 1, trial-images per second of that many trials stacked by the engine."""
-    from .model import AlexNet
-    from .train import make_optimizer, resolve_device
-    from .transforms import train_batch
-    dev = resolve_device(str(device))
+    """Training images per second for this config on this device, from a few real steps of the loop
+    that will run; with stack > 1, trial-images per second of that many trials stacked by the engine."""
+    dev = torch.device(device)
     if stack > 1:
-        from .engine import StackedAlexNet, StackedSGD, trial_losses
         model = StackedAlexNet(AlexNet(dataset.num_classes), stack, dev)
-        opt = StackedSGD(model, [config] * stack)
-        smoothing = torch.zeros(stack, device=dev)
-        loss_fn = lambda out, y: trial_losses(out, y, smoothing).sum()  # noqa: E731
+        optimizer = StackedSGD(model, [config] * stack)
+        step = optimizer.step
     else:
-        model = AlexNet(dataset.num_classes).to(dev)
-        opt = make_optimizer(model, config)
-        loss_fn = torch.nn.functional.cross_entropy
+        state = TrialState(config, dataset.num_classes, dev)
+        if dev.type == "cpu":
+            state.layout(torch.channels_last)
+        model, optimizer = state.model, state
+        step = partial(state.step, config.lr)
     gen = torch.Generator().manual_seed(0)
     images = dataset.splits["train"].images[:config.batch_size].to(dev)
     labels = dataset.splits["train"].labels[:config.batch_size].to(dev)
     for i in range(steps + 1):
         if i == 1:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(dev)
             t0 = time.perf_counter()
-        loss = loss_fn(model(train_batch(images, config.image_size, gen)), labels)
-        opt.zero_grad()
+        out = model(train_batch(images, config.image_size, gen))
+        loss = trial_losses(out if stack > 1 else out.unsqueeze(0), labels, [config.label_smoothing] * stack).sum()
+        optimizer.zero_grad()
         loss.backward()
-        opt.step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+        step()
+    synchronize(dev)
     return stack * steps * len(labels) / (time.perf_counter() - t0)
 
 
@@ -146,69 +149,12 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device) 
     return total
 
 
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-# ----------------------------------------------------------------------------- results
-
-RESULT_COLUMNS = ["trial", *HYPERPARAMETERS, "best_val_accuracy", "best_epoch", "test_accuracy_at_best",
-                  "final_train_loss", "status", "seconds", "reason"]
-
-
-def collect_results(out: Path, trials: list[TrainConfig]) -> list[dict]:
-    rows = []
-    for t in trials:
-        rec = runlog.read_config(out / t.name()) or {"status": "pending"}
-        row = {"trial": t.name(), **t.to_dict()}
-        for key in RESULT_COLUMNS[len(row):]:
-            row[key] = rec.get(key)
-        row["status"] = rec.get("status", "pending")
-        rows.append(row)
-    return rows
-
-
-def best_row(rows: list[dict]) -> dict | None:
-    """Best trial by validation accuracy alone (never test); ties go to the earlier trial."""
-    scored = [r for r in rows if r["status"] == runlog.STATUS_DONE and r["best_val_accuracy"] is not None]
-    return max(scored, key=lambda r: r["best_val_accuracy"], default=None)
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else format(v, "g") if isinstance(v, float) else str(v)
-
-
-def write_results(out: Path, rows: list[dict], columns: list[str] = RESULT_COLUMNS, best: dict | None = None) -> None:
-    """results.csv and results.md (best trial marked); the report writes its own table through here too."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    with atomic_path(out / RESULTS_CSV) as tmp:
-        tmp.write_text(buf.getvalue())
-    best = best or best_row(rows)
-    cols = [c for c in columns if c not in ("trial", "best")]
-    lines = ["| best | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for r in rows:
-        mark = "**best**" if best is not None and r["trial"] == best["trial"] else ""
-        lines.append(f"| {mark} | " + " | ".join(_cell(r[c]) for c in cols) + " |")
-    with atomic_path(out / RESULTS_MD) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 # ----------------------------------------------------------------------------- running
 
 def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> None:
     path = out / GRID_FILE
     names = [t.name() for t in trials]
     if path.exists():
-        import json
         previous = json.loads(path.read_text()).get("trials", [])
         if not resume:
             raise UserError(f"{out}: grid folder already exists; add --resume to continue it or choose another --out")
@@ -218,38 +164,46 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> No
         raise UserError(f"{out}: exists and is not a grid folder; choose another --out")
 
 
-def run_trial(config: TrainConfig, dataset: Dataset | Path | str, out: Path, device: str, progress: bool,
-              log=print, callback=None, engine: str = "single", precision: str = "fp32") -> dict:
-    """One trial; a crash is recorded as status failed (with its reason) instead of stopping the grid."""
-    return run_trials([config], dataset, out, device, progress, log, callback, engine, precision)[0]
+def todo_trials(out: Path, trials: list[TrainConfig]) -> list[TrainConfig]:
+    """The trials whose run folder does not say done or diverged."""
+    return [t for t in trials if (runlog.read_config(out / t.name()) or {}).get("status") not in runlog.FINISHED]
 
 
-def run_trials(configs: list[TrainConfig], dataset: Dataset | Path | str, out: Path, device, progress: bool,
-               log=print, callback=None, engine: str = "single", precision: str = "fp32") -> list[dict]:
-    """Trials of one stack (or one trial alone); a crash marks them failed instead of stopping the grid."""
+def plan_groups(todo: list[TrainConfig], out: Path, dataset: Dataset, dev: torch.device, engine: str,
+                max_stack: int | None) -> list[list[TrainConfig]]:
+    """The order the local backend runs the trials in: stacks of the engine, or one trial at a time."""
+    if engine != "stacked" or not todo:
+        return [[t] for t in todo]
+    stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
+    return [[todo[i] for i in s] for s in stacks]
+
+
+def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[list[TrainConfig]], dataset: Dataset,
+             dev, estimate: bool, log) -> None:
+    """The grid's first lines: trial count, the duration measured on this device, the stacks."""
+    line = f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)"
+    if estimate and todo:
+        eta = estimate_seconds(groups, dataset, dev)
+        warn = " -- many hours on a CPU: consider a GPU or --preset quick" if eta > 3 * 3600 else ""
+        line += f", estimated {format_duration(eta)} on {dev}{warn}"
+    log(line)
+    if any(len(g) > 1 for g in groups):
+        log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
+
+
+def run_local(groups: list[list[TrainConfig]], trials: list[TrainConfig], out: Path, dataset: Dataset, dev,
+              engine: str, precision: str, progress: bool, log) -> None:
+    """Each group in turn (a stack, or one trial), results.csv/md rewritten after each."""
+    bar = progress_bar(total=len(trials), initial=len(trials) - sum(map(len, groups)), desc="trials", unit="trial",
+                       enabled=progress, position=1)
     try:
-        if engine == "stacked":
-            from .engine import train_stack
-            return train_stack(configs, dataset, [out / c.name() for c in configs], device, resume=True,
-                               progress=progress, log=log, callback=callback, precision=precision)
-        from .train import train
-        return [train(configs[0], data=dataset, out=out / configs[0].name(), device=str(device), resume=True,
-                      progress=progress, log=log, callback=callback, engine="single", precision=precision)]
-    except (KeyboardInterrupt, UserError):
-        raise
-    except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
-        reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        log(f"trial {', '.join(c.name() for c in configs)} failed: {reason}")
-        return [record_failure(c, out, reason) for c in configs]
-
-
-def record_failure(config: TrainConfig, out: Path, reason: str) -> dict:
-    """Mark a trial's run folder failed (also used by the Ray backend when a worker dies)."""
-    run = out / config.name()
-    rec = runlog.read_config(run) or {"config": config.to_dict(), "name": config.name()}
-    rec.update(status=runlog.STATUS_FAILED, reason=reason[:300])
-    runlog.write_config(run, rec)
-    return rec
+        for group in groups:
+            run_trials(group, dataset, [out / c.name() for c in group], dev, progress, log=log, engine=engine,
+                       precision=precision)
+            write_results(out, collect_results(out, trials))
+            bar.update(len(group))
+    finally:
+        bar.close()
 
 
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
@@ -260,49 +214,28 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     engine (local backend): "stacked" trains trials that share a data stream together (engine.py),
     "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack."""
     out = Path(out)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if backend == "ray":
         from .ray_backend import run_trials_on_ray  # a missing Ray stops here, before any work
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the Ray backend trains in fp32 only")
+    check_precision(precision)
     _check_grid_folder(out, trials, resume)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / GRID_FILE, {"trials": [{"name": t.name(), "config": t.to_dict()} for t in trials],
                                  "dataset": str(dataset.root)})
-    todo = [t for t in trials if (runlog.read_config(out / t.name()) or {}).get("status")
-            not in (runlog.STATUS_DONE, runlog.STATUS_DIVERGED)]
-    from .train import resolve_device
-    dev = resolve_device(device) if backend == "local" else device
-    groups = [[t] for t in todo]
-    if backend == "local":
-        from .engine import plan_stacks, resolve_engine
-        engine = resolve_engine(engine, dev, log)
-        if engine == "stacked" and todo:
-            stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
-            groups = [[todo[i] for i in s] for s in stacks]
-    if estimate and todo:
-        eta = estimate_seconds(groups, dataset, dev if backend == "local" else "cpu")
-        warn = " -- many hours on a CPU: consider a GPU or --preset quick" if eta > 3 * 3600 else ""
-        log(f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished), "
-            f"estimated {format_duration(eta)} on {dev}{warn}")
-    else:
-        log(f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)")
-    if any(len(g) > 1 for g in groups):
-        log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
+    todo = todo_trials(out, trials)
     if backend == "ray":
+        announce(trials, todo, [[t] for t in todo], dataset, torch.device("cpu"), estimate, log)
         run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log)
-    elif backend == "local":
-        bar = progress_bar(total=len(trials), initial=len(trials) - len(todo), desc="trials", unit="trial",
-                           enabled=progress, position=1)
-        try:
-            for group in groups:
-                run_trials(group, dataset, out, dev, progress, log=log, engine=engine, precision=precision)
-                write_results(out, collect_results(out, trials))
-                bar.update(len(group))
-        finally:
-            bar.close()
     else:
-        raise UserError(f"--backend {backend}: expected local or ray")
+        dev = resolve_device(device)
+        engine = resolve_engine(engine, dev, log)
+        groups = plan_groups(todo, out, dataset, dev, engine, max_stack)
+        announce(trials, todo, groups, dataset, dev, estimate, log)
+        run_local(groups, trials, out, dataset, dev, engine, precision, progress, log)
     rows = collect_results(out, trials)
     write_results(out, rows)
     return rows

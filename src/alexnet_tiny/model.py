@@ -5,11 +5,31 @@ Krizhevsky et al. (2012): five conv layers and three fully connected ones, overl
 the single-GPU variant (64-192-384-256-256 channels) without local response normalisation, and an
 adaptive average pool so that any input from 64x64 up reaches the classifier as 256 x 6 x 6.
 Weights saved from it load unchanged into `torchvision.models.alexnet(num_classes=...)`.
+
+Dropout masks are drawn by `dropout_mask`, the same call on every device, so that the stacked
+engine (engine.py), which draws one mask for all the trials it advances, gives every trial exactly
+the masks it would get trained alone. (`nn.Dropout` draws them so on the CPU, but on CUDA it uses
+the fused `native_dropout` kernel, whose random stream is another.)
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def dropout_mask(shape, p: float, device) -> torch.Tensor:
+    """Keep each unit with probability 1 - p, scaled by 1 / (1 - p): what `nn.Dropout` computes on the
+    CPU (the same generator call), on any device."""
+    return torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask from `dropout_mask` (no parameters: state_dicts are unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * dropout_mask(x.shape, self.p, x.device)
 
 
 class AlexNet(nn.Module):
@@ -27,8 +47,8 @@ class AlexNet(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import CACHE_SIZE
+from .device import resolve_device
 from .errors import UserError
+from .evaluate import SavedModel
 
 # Far above any camera's default output; decompression bombs declare far more than this.
 MAX_PIXELS = 50_000_000
@@ -69,13 +70,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, device: str = "auto") -> list[dict]:
     """One result per image, in order: {"image", "top": [{"class", "wnid", "probability"}]} or
     {"image", "error"} for a file that could not be read. A bad checkpoint raises UserError."""
-    from .train import predict_logits, resolve_device
     if topk < 1:
         raise UserError(f"--topk {topk}: expected 1 or more")
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, dev)
-    names, wnids = ckpt["classes"]["names"], ckpt["classes"]["wnids"]
+    saved = SavedModel(checkpoint, resolve_device(device))
+    names, wnids = saved.ckpt["classes"]["names"], saved.wnids
     results, loaded = [], []
     for path in images:
         try:
@@ -85,7 +83,7 @@ def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, dev
             results.append({"image": str(path), "error": str(e)})
     if not loaded:
         return results
-    logits = predict_logits(model, torch.stack(loaded), ckpt["preprocessing"]["image_size"], dev).cpu()
+    logits = saved.logits(torch.stack(loaded)).cpu()
     probs, indices = logits.softmax(1).topk(min(topk, len(names)), dim=1)
     good = iter(zip(probs.tolist(), indices.tolist()))
     for result in results:

@@ -1,10 +1,10 @@
 """Grid trials on Ray Tune (`alexnet-tiny grid --backend ray`).
 
-Each unfinished trial becomes one Tune trial that calls grid.run_trial, so it writes exactly the run
+Each unfinished trial becomes one Tune trial that calls train.run_trials, so it writes exactly the run
 folder `train` writes and the grid's results, resume and report never know Ray was used. Tune is
 only the scheduler: no Tune checkpoints (last.pt in the run folder is the checkpoint), no Tune
 loggers (the run folder has its own TensorBoard file) and no Tune restore (grid --resume skips
-finished trials and run_trial continues the others from last.pt). On a multi-node cluster the
+finished trials and run_trials continues the others from last.pt). On a multi-node cluster the
 grid folder and the data folder must therefore be on storage every node sees (docs/ray.md).
 """
 from __future__ import annotations
@@ -21,7 +21,9 @@ from . import runlog
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import UserError
-from .grid import format_duration, record_failure, run_trial
+from .progress import format_duration
+from .runfolder import record_failure
+from .train import run_trials
 
 INSTALL_HINT = "pip install 'alexnet-tiny[ray]'"
 MIN_RAY = (2, 41)  # ray.tune.report / ray.tune.RunConfig, the Tune-only API of Ray 2.41+
@@ -54,7 +56,7 @@ def train_trial(tune_config: dict, data_root: str, out: str, device: str, thread
     # load_dataset, not ensure_dataset: a worker that cannot see the data folder must fail, not prepare another
     dataset = load_dataset(data_root, progress=False)
     config = TrainConfig.from_dict(tune_config["trial"]["config"])
-    run_trial(config, dataset, Path(out), device, progress=False, log=print, callback=tune.report)
+    run_trials([config], dataset, [Path(out) / config.name()], device, progress=False, log=print, callback=tune.report)
 
 
 def trial_name(trial) -> str:
@@ -101,8 +103,8 @@ class GridProgress(tune.Callback):
         message, user_error = trial_error_message(trial)
         if user_error:
             self.user_errors.append(f"{name}: {message}")
-        else:  # the worker died (node lost, out of memory) before run_trial could record it
-            record_failure(TrainConfig.from_dict(trial.config["trial"]["config"]), self.out, message)
+        else:  # the worker died (node lost, out of memory) before run_trials could record it
+            record_failure(TrainConfig.from_dict(trial.config["trial"]["config"]), self.out / name, message)
         self._finished(name, f"error: {message}")
 
     def _finished(self, name: str, what: str) -> None:

@@ -27,8 +27,12 @@ import torch
 from . import figures, runlog
 from .config import HYPERPARAMETERS
 from .data import OFFICIAL_VAL, atomic_path, load_dataset, write_json
+from .device import resolve_device
 from .errors import UserError
-from .grid import GRID_FILE, best_row, write_results
+from .evaluate import SavedModel, per_class_rows
+from .results import best_row, format_value, write_results
+
+GRID_FILE = "grid.json"  # written by grid.py, read here: the report imports no driver
 
 REPORT_DIR = "report"
 REPORT_JSON = "report.json"
@@ -39,7 +43,6 @@ METRIC_COLUMNS = ["epochs_done", "best_val_accuracy", "best_epoch", "test_accura
 COLUMNS = ["best", "trial", *HYPERPARAMETERS, *METRIC_COLUMNS]
 HEADINGS = {"best_val_accuracy": "best val acc", "best_epoch": "best epoch", "test_accuracy_at_best": "test acc at best",
             "final_train_loss": "final train loss", "epochs_done": "epochs done"}
-FOUR_DIGITS = ("best_val_accuracy", "test_accuracy_at_best", "final_train_loss")
 
 
 @dataclass
@@ -123,8 +126,7 @@ def choose_best(rows: list[dict], missing: list[str]) -> dict | None:
     trial has finished, the best unfinished one, said so."""
     best = best_row(rows)
     if best is None:
-        best = max((r for r in rows if r["best_val_accuracy"] is not None),
-                   key=lambda r: r["best_val_accuracy"], default=None)
+        best = best_row(rows, finished_only=False)
         if best is not None:
             missing.append(f"no trial finished: showing the best unfinished trial, {best['trial']} ({best['status']})")
     return best
@@ -146,22 +148,12 @@ def trial_labels(trials: list[Trial]) -> dict[str, str]:
     return labels
 
 
-def format_value(v, key: str | None = None) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if key in FOUR_DIGITS else format(v, "g")
-    return str(v)
-
-
 # ----------------------------------------------------------------------------- the best checkpoint
 
 def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, progress: bool,
                   missing: list[str]) -> dict | None:
-    """Test and official-val evaluation of the trial's best.pt, and a seeded sample of test images."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .train import evaluate, predict_logits, resolve_device
-
+    """Test and official-val evaluation of the trial's best.pt, and a seeded sample of test images,
+    with the checkpoint's own preprocessing and in the precision it was trained and selected in."""
     path = trial.path / runlog.BEST_CKPT
     if not path.exists():
         missing.append(f"trial {trial.name}: no {runlog.BEST_CKPT} (no per-class accuracy, confusion matrix, "
@@ -173,34 +165,28 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
                        f"pass --data to evaluate the best checkpoint")
         return None
     try:
-        ckpt = load_checkpoint(path)
+        saved = SavedModel(path, resolve_device(device))
         dataset = load_dataset(root, progress=progress)
-        if dataset.wnids != ckpt["classes"]["wnids"]:
-            raise UserError(f"{root}: its classes differ from those {path} was trained on")
-        dev = resolve_device(device)
-        model = model_from_checkpoint(ckpt, dev)
+        saved.check_classes(dataset)
     except UserError as e:
         missing.append(str(e))
         return None
-    size = ckpt["preprocessing"]["image_size"]
     test_split = dataset.splits["test"]
-    test = evaluate(model, test_split, size, dev, dataset.num_classes)
-    result = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": str(root), "names": dataset.names,
+    test = saved.evaluate(test_split, dataset.num_classes)
+    result = {"checkpoint": str(path), "epoch": saved.ckpt.get("epoch"), "precision": saved.precision,
+              "dataset": str(root), "names": dataset.names,
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
-                       "per_class": [{"name": n, "wnid": w, "accuracy": a, "images": int(c)} for n, w, a, c in
-                                     zip(dataset.names, dataset.wnids, test.per_class_accuracy,
-                                         test.confusion.sum(1).tolist())],
-                       "confusion": test.confusion.tolist()},
+                       "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
               "official_val": None, "samples": []}
     official = dataset.splits[OFFICIAL_VAL]
     if len(official):
-        ev = evaluate(model, official, size, dev, dataset.num_classes)
+        ev = saved.evaluate(official, dataset.num_classes)
         result["official_val"] = {"images": len(official), "loss": ev.loss, "accuracy": ev.accuracy}
     else:
         missing.append(f"dataset {root}: no {OFFICIAL_VAL} images (the source had no val/val_annotations.txt)")
     chosen = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed))[:samples]
     if len(chosen):
-        predicted = predict_logits(model, test_split.images[chosen], size, dev).argmax(1).cpu()
+        predicted = saved.logits(test_split.images[chosen]).argmax(1).cpu()
         result["samples"] = [{"file": test_split.files[i], "true": int(test_split.labels[i]), "predicted": int(p)}
                              for i, p in zip(chosen.tolist(), predicted.tolist())]
         result["sample_images"] = test_split.images[chosen].numpy()
@@ -329,6 +315,9 @@ def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict)
     parts.append("<div class=cards>" + "".join(f"<div class=card>{e(k)}<b>{e(v)}</b></div>" for k, v in cards) + "</div>")
     if best:
         parts.append(f"<p>Best trial, chosen by validation accuracy only: <code>{e(best['trial'])}</code>.</p>")
+    if ev:
+        parts.append(f"<p>The best checkpoint is evaluated in <b>{e(ev['precision'])}</b>, the precision its trial "
+                     f"was trained and selected in{' (bf16 autocast)' if ev['precision'] == 'bf16' else ''}.</p>")
     if ev and ev["official_val"]:
         parts.append(f"<p>The best checkpoint (epoch {ev['epoch']}) scores <b>{pct(ev['official_val']['accuracy'])}</b> "
                      f"on the {ev['official_val']['images']} <code>{OFFICIAL_VAL}</code> images, which no trial "

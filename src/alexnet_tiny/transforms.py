@@ -12,6 +12,7 @@ intermediate is ever built and per-image crops cost nothing extra.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +25,45 @@ def resize_size(image_size: int) -> int:
     return round(image_size * 256 / 224)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval preset's parameters, as a checkpoint records them: resize to `resize`, centre crop
+    `image_size`, normalise with `mean` and `std`."""
+    image_size: int
+    resize: int
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+
+    @classmethod
+    def for_size(cls, image_size: int) -> "Preprocessing":
+        return cls(image_size, resize_size(image_size))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        """From a checkpoint's "preprocessing"; KeyError/TypeError/ValueError when malformed."""
+        prep = cls(int(d["image_size"]), int(d["resize"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"])))
+        if len(prep.mean) != 3 or len(prep.std) != 3 or min(prep.std) <= 0 or not 0 < prep.image_size <= prep.resize:
+            raise ValueError(f"{d}")
+        return prep
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def normalize(images: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32, scaled to [0, 1] then normalised per channel."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
 
 
 def sample_boxes(images: torch.Tensor, size: int, centres: torch.Tensor, extents: torch.Tensor,
-                 flips: torch.Tensor) -> torch.Tensor:
+                 flips: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     """Bilinearly sample a size x size view of each image: the box with centre `centres` (B, 2: x, y)
     and half-extent `extents` (B, 2) in normalised [-1, 1] image coordinates, mirrored where `flips`.
     Returns normalised float (B, 3, size, size)."""
     b = images.shape[0]
-    x = normalize(images)
+    x = normalize(images, mean, std)
     centres, extents = centres.to(x.device, x.dtype), extents.to(x.device, x.dtype)
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = torch.where(flips.to(x.device), -extents[:, 0], extents[:, 0])
@@ -53,13 +79,14 @@ def crop_boxes(size: int, offsets: torch.Tensor, resize: int) -> tuple[torch.Ten
     return (size + 2 * offsets) / resize - 1, torch.full_like(offsets, size / resize)
 
 
-def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    resize = resize_size(image_size)
-    b = images.shape[0]
+def eval_batch(images: torch.Tensor, prep: Preprocessing | int) -> torch.Tensor:
+    """The eval preset: `prep` (a checkpoint's own), or the default one for an image size."""
+    prep = prep if isinstance(prep, Preprocessing) else Preprocessing.for_size(prep)
+    b, size, resize = images.shape[0], prep.image_size, prep.resize
     # whole pixels, as torchvision's CenterCrop
-    offsets = torch.full((b, 2), float(round((resize - image_size) / 2)), device=images.device)
-    return sample_boxes(images, image_size, *crop_boxes(image_size, offsets, resize),
-                        torch.zeros(b, dtype=torch.bool, device=images.device))
+    offsets = torch.full((b, 2), float(round((resize - size) / 2)), device=images.device)
+    return sample_boxes(images, size, *crop_boxes(size, offsets, resize),
+                        torch.zeros(b, dtype=torch.bool, device=images.device), prep.mean, prep.std)
 
 
 def random_boxes(b: int, image_size: int, generator: torch.Generator, augment: str = "crop",

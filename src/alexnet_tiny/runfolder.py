@@ -1,0 +1,198 @@
+"""One trial's run folder through its run, and the checkpoint format: used by both drivers.
+
+What a run folder holds is listed in runlog.py. The rules kept here:
+- logs first, then checkpoints: a kill between them only makes a resume redo that epoch;
+- best.pt is written before last.pt, and config.json names only a best epoch whose weights are in
+  best.pt (`best_on_disk`): the engine keeps a better epoch on the device until its next checkpoint,
+  and a trial that diverges first has it written then;
+- a resume starts from last.pt (its epoch, elapsed time, momenta) and takes the best from best.pt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import runlog
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import Dataset, atomic_torch_save
+from .errors import UserError
+from .evaluate import Evaluation
+from .transforms import Preprocessing
+
+NO_BEST = {"val_accuracy": -1.0, "epoch": 0, "test_accuracy": None}
+
+
+def checkpoint_dict(state_dict: dict, epoch: int, config: TrainConfig, dataset: Dataset, best: dict,
+                    elapsed: float, precision: str, optimizer: dict | None = None) -> dict:
+    """The checkpoint format (checkpoint.py reads it): best.pt leaves out the optimizer."""
+    ckpt = {
+        "model": state_dict, "epoch": epoch, "config": config.to_dict(), "best": dict(best),
+        "classes": {"wnids": dataset.wnids, "names": dataset.names},
+        "preprocessing": Preprocessing.for_size(config.image_size).to_dict(),
+        "precision": precision, "elapsed_seconds": elapsed,
+    }
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer
+    return ckpt
+
+
+def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best: dict, epochs_done: int,
+               final_train_loss, seconds: float, reason: str | None = None, engine: str = "single",
+               precision: str = "fp32") -> dict:
+    record = {
+        "config": config.to_dict(), "name": config.name(), "device": str(device), "engine": engine,
+        "precision": precision, "status": status,
+        "dataset": {"root": str(dataset.root), "wnids": dataset.wnids, "names": dataset.names,
+                    "source_sha256": dataset.meta.get("source_sha256"), "seed": dataset.meta.get("seed")},
+        "epochs_done": epochs_done,  # the best values are None until an epoch finished
+        "best_val_accuracy": best["val_accuracy"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
+        "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
+        "seconds": round(seconds, 2),
+    }
+    if reason:
+        record["reason"] = reason
+    return record
+
+
+def record_failure(config: TrainConfig, run: Path, reason: str) -> dict:
+    """Mark a trial's run folder failed (a crash, or a Ray worker that died)."""
+    rec = runlog.read_config(run) or {"config": config.to_dict(), "name": config.name()}
+    rec.update(status=runlog.STATUS_FAILED, reason=reason[:300])
+    runlog.write_config(run, rec)
+    return rec
+
+
+def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | None:
+    previous = runlog.read_config(out)
+    if previous is None:
+        return None
+    if not resume:
+        raise UserError(f"{out}: run folder already exists; add --resume to continue it or choose another --out")
+    if TrainConfig.from_dict(previous["config"], str(out / runlog.CONFIG_FILE)) != config:
+        raise UserError(f"{out}: holds a run with other hyperparameters ({previous['name']}); "
+                        f"resume it with the same flags or choose another --out")
+    return previous
+
+
+def epoch_line(epoch: int, config: TrainConfig, tr: dict, val: Evaluation, test: Evaluation, seconds: float) -> str:
+    return (f"epoch {epoch}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
+            f"val {val.accuracy:.3f}  test {test.accuracy:.3f}  {seconds:.1f}s ({tr['images_per_second']:.0f} img/s)")
+
+
+class RunFolder:
+    """One trial's run folder through its run: what a resume starts from, the per-epoch logs
+    (metrics.jsonl, TensorBoard, config.json), checkpoints and the final record. `train` drives one;
+    the multi-trial engine drives one per trial it advances."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, device, resume: bool, log=print,
+                 engine: str = "single", precision: str = "fp32"):
+        self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
+        self.engine, self.precision = engine, precision
+        self.previous = _check_resumable(self.out, config, resume)
+        self.finished = self.previous is not None and self.previous["status"] in runlog.FINISHED
+        self.best = self.best_on_disk = dict(NO_BEST)
+        self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None
+        self.writer = None
+        self.row: dict | None = None
+
+    @property
+    def epochs_done(self) -> int:
+        return self.start_epoch - 1
+
+    def resume_checkpoint(self) -> dict | None:
+        """last.pt of the run being resumed (None for a fresh start), mapped from disk on the CPU (the
+        caller copies what it needs to the device); logs past it are dropped."""
+        ckpt = None
+        last, best = self.out / runlog.LAST_CKPT, self.out / runlog.BEST_CKPT
+        if self.previous is not None and last.exists():
+            ckpt = load_checkpoint(last, mmap=True)
+            self.elapsed, self.start_epoch = ckpt["elapsed_seconds"], ckpt["epoch"] + 1
+            if best.exists():  # the best whose weights are on disk (it may be newer than last.pt)
+                self.best = self.best_on_disk = dict(load_checkpoint(best, mmap=True)["best"])
+        kept = runlog.truncate_metrics(self.out, self.epochs_done) if self.previous is not None else []
+        if kept:
+            self.final_train_loss = kept[-1]["train_loss"]
+        if self.start_epoch > 1:
+            self.log(f"resuming {self.out} at epoch {self.start_epoch}/{self.config.epochs}")
+        return ckpt
+
+    def open(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp-*"):  # a checkpoint half-written when a previous run was killed
+            stale.unlink()
+        runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
+        # purge_step drops any scalars an interrupted run wrote past its last checkpoint (even if it has none)
+        self.writer = SummaryWriter(str(self.out), purge_step=self.start_epoch if self.previous is not None else None)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def record(self, status: str, reason: str | None = None) -> dict:
+        return run_record(self.config, self.dataset, self.device, status, self.best_on_disk, self.epochs_done,
+                          self.final_train_loss, self.elapsed, reason, self.engine, self.precision)
+
+    def end_epoch(self, epoch: int, tr: dict, val: Evaluation, test: Evaluation, lr: float, seconds: float) -> bool:
+        """Log a finished epoch; True when it is the best so far on validation."""
+        self.elapsed += seconds
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "val_loss": val.loss, "val_accuracy": val.accuracy, "test_loss": test.loss,
+               "test_accuracy": test.accuracy, "lr": lr, "epoch_seconds": seconds,
+               "images_per_second": tr["images_per_second"]}
+        runlog.append_metrics(self.out, row)
+        for key, tag in runlog.TAGS.items():
+            self.writer.add_scalar(tag, row[key], epoch)
+        self.writer.flush()
+        self.final_train_loss = tr["loss"]
+        self.start_epoch = epoch + 1
+        self.row = row
+        improved = val.accuracy > self.best["val_accuracy"]
+        if improved:
+            self.best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
+        return improved
+
+    @property
+    def best_unsaved(self) -> bool:
+        return self.best["epoch"] != self.best_on_disk["epoch"]
+
+    def save_best(self, state_dict: dict) -> None:
+        """best.pt: the weights of the best epoch so far (labelled with that epoch, also when the
+        engine writes it epochs later)."""
+        atomic_torch_save(checkpoint_dict(state_dict, self.best["epoch"], self.config, self.dataset, self.best,
+                                          self.elapsed, self.precision), self.out / runlog.BEST_CKPT)
+        self.best_on_disk = dict(self.best)
+
+    def save_last(self, state_dict: dict, optimizer: dict) -> None:
+        """last.pt: the last finished epoch's weights and momenta; then config.json counts it."""
+        atomic_torch_save(checkpoint_dict(state_dict, self.epochs_done, self.config, self.dataset, self.best_on_disk,
+                                          self.elapsed, self.precision, optimizer), self.out / runlog.LAST_CKPT)
+        runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
+
+    def diverge(self, epoch: int, loss: float, seconds: float) -> dict:
+        """End the run as diverged; the caller has written best.pt first if its best was unsaved."""
+        reason = f"train loss became {loss} at epoch {epoch}"
+        runlog.append_metrics(self.out, {"epoch": epoch, "status": runlog.STATUS_DIVERGED, "reason": reason})
+        self.elapsed += seconds
+        final = self.record(runlog.STATUS_DIVERGED, reason)
+        runlog.write_config(self.out, final)
+        self.log(f"diverged: {reason} ({self.out.name})")
+        return final
+
+    def finish(self) -> dict:
+        final = self.record(runlog.STATUS_DONE)
+        write_hparams(self.writer, self.config, final)
+        runlog.write_config(self.out, final)
+        return final
+
+
+def write_hparams(writer, config: TrainConfig, final: dict) -> None:
+    """TensorBoard's HParams dashboard: the hyperparameters with the final metrics."""
+    from torch.utils.tensorboard.summary import hparams
+    metrics = {"best_val_accuracy": final["best_val_accuracy"], "test_accuracy_at_best": final["test_accuracy_at_best"]}
+    exp, ssi, sei = hparams(config.to_dict(), {runlog.HPARAM_METRICS[k]: v for k, v in metrics.items()})
+    for summary in (exp, ssi, sei):
+        writer.file_writer.add_summary(summary)
+    for key, value in metrics.items():
+        writer.add_scalar(runlog.HPARAM_METRICS[key], value, final["epochs_done"])
+    writer.flush()

@@ -1,0 +1,175 @@
+"""What one trial *is*: every rule that decides a trial's result, written once for both drivers.
+
+A trial is a TrainConfig trained on a dataset. Its rules:
+
+- `epoch_batches`: the data stream of each epoch (shuffle, crops, flips, mixup weights), all drawn
+  from (seed, epoch), so a resumed run sees what an uninterrupted one sees and trials that share
+  `stream_key` see the same batches; dropout masks come from the global generator, reseeded here,
+  and are drawn by `model.dropout_mask` (one layer down: the model draws them);
+- `lr_at`: the learning rate of each epoch in closed form, StepLR(step_size, gamma) or linear warmup
+  then cosine; nothing is stepped, so a checkpoint needs only its epoch;
+- `is_decayed`: weight decay on conv and linear weights, never on biases;
+- `trial_losses`: each trial's mean cross-entropy (its own label smoothing), mixed with the
+  reversed batch at the step's mixup weight;
+- `sgd_step`: the update, `torch.optim.SGD`'s own fused functional step (momentum, nesterov,
+  weight decay), called on one trial's tensors;
+- `optimizer_state` / `momenta_from_state`: the momenta in a checkpoint, in the layout of
+  `torch.optim.SGD.state_dict()` (weights first, then biases), so either driver resumes the other's.
+
+The drivers: `train.py` advances one trial, a plain `AlexNet`; `engine.py` advances K trials whose
+weights are stacked. Both call these functions with their own tensors (the engine once per trial
+for the SGD step, with K = 1 slices). The single loop is a driver of these functions rather than the
+engine's K = 1 case because on the CPU its plain, channels_last convolutions and addmm layers are
+faster than the stacked ones (grouped convs, baddbmm), and keep its results bitwise what they were
+(tests/test_train.py compares them with a run before this module existed).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.sgd import sgd as _functional_sgd  # what torch.optim.SGD.step calls
+
+from .config import TrainConfig
+from .data import Split
+from .progress import progress_bar
+from .transforms import random_boxes, sample_boxes
+
+# The fields that shape a trial's data stream: trials equal in these see the same batches and
+# dropout masks, and can share one stack.
+STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup")
+
+
+def stream_key(config: TrainConfig) -> tuple:
+    return tuple(getattr(config, f) for f in STREAM_FIELDS)
+
+
+# ----------------------------------------------------------------------------- the data stream
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def mixup_weights(config: TrainConfig, generator: torch.Generator, n_batches: int) -> list[float]:
+    """One Beta(alpha, alpha) mixing weight per batch (1.0 everywhere when mixup is off)."""
+    if config.mixup <= 0:
+        return [1.0] * n_batches
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    return rng.beta(config.mixup, config.mixup, n_batches).tolist()
+
+
+def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progress: bool = True):
+    """The data stream of one epoch: (x, y, mixup weight) per step, all randomness from (seed, epoch).
+    Every trial with the same `stream_key` sees the same stream, dropout masks included (they come
+    from the global generator, reseeded here)."""
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout
+    images, labels = split.images.to(device), split.labels.to(device)
+    order = torch.randperm(len(split), generator=generator)
+    batches = range(0, len(split), config.batch_size)
+    mix = mixup_weights(config, generator, len(batches))
+    # Every step's crops and flips, drawn up front in step order (the same draws, in the same order,
+    # as drawing them step by step) and sent to the device once with the order: no host-to-device
+    # copy, hence no wait for the GPU, inside the loop.
+    b = config.batch_size
+    boxes = [random_boxes(min(b, len(split) - i), config.image_size, generator, config.augment, config.crop_scale)
+             for i in batches]
+    centres, extents, flips = (torch.cat(t).to(device) for t in zip(*boxes)) if boxes else (None,) * 3
+    order = order.to(device)
+    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
+    for step, i in enumerate(bar):
+        idx = order[i:i + b]
+        x = sample_boxes(images[idx], config.image_size, centres[i:i + b], extents[i:i + b], flips[i:i + b])
+        lam = mix[step]
+        if lam < 1.0:  # mixup with the batch reversed
+            x = lam * x + (1 - lam) * x.flip(0)
+        yield x, labels[idx], lam
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def lr_factor(config: TrainConfig, epoch_index: int) -> float:
+    """Cosine schedule: linear warmup to lr over warmup_epochs, then cosine to zero at the last epoch."""
+    if epoch_index < config.warmup_epochs:
+        return (epoch_index + 1) / (config.warmup_epochs + 1)
+    span = max(1, config.epochs - config.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * (epoch_index - config.warmup_epochs) / span))
+
+
+def lr_at(config: TrainConfig, epoch_index: int) -> float:
+    """The learning rate of epoch `epoch_index` (0-based): the original study's StepLR(step_size,
+    gamma), or warmup + cosine."""
+    if config.schedule == "cosine":
+        return config.lr * lr_factor(config, epoch_index)
+    return config.lr * config.gamma ** (epoch_index // config.step_size)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def trial_losses(logits: torch.Tensor, y: torch.Tensor, smoothing: list[float], lam: float = 1.0) -> torch.Tensor:
+    """Each trial's mean cross-entropy (K,) from logits (K, B, classes), with its own label smoothing,
+    mixed with the reversed batch's labels at weight 1 - lam (mixup). Trials that share a smoothing
+    value share one `F.cross_entropy` call; for K = 1 it is exactly the single loop's call."""
+    def mean_ce(labels: torch.Tensor) -> torch.Tensor:
+        k, b = logits.shape[:2]
+        if k == 1:
+            return F.cross_entropy(logits[0], labels, label_smoothing=smoothing[0]).unsqueeze(0)
+        out = logits.new_empty(k, dtype=torch.float32)
+        for s in dict.fromkeys(smoothing):
+            idx = [i for i, v in enumerate(smoothing) if v == s]
+            ce = F.cross_entropy(logits[idx].flatten(0, 1).float(), labels.repeat(len(idx)), label_smoothing=s,
+                                 reduction="none")
+            out[idx] = ce.view(len(idx), b).mean(1)
+        return out
+
+    loss = mean_ce(y)
+    return loss if lam >= 1.0 else lam * loss + (1 - lam) * mean_ce(y.flip(0))
+
+
+# ----------------------------------------------------------------------------- the update
+
+def is_decayed(name: str) -> bool:
+    """Weight decay applies to conv and linear weights, not to biases."""
+    return name.endswith("weight")
+
+
+def sgd_groups(names: list[str]) -> tuple[list[int], list[int]]:
+    """Indices of the decayed parameters (weights) and of the others (biases), in model order."""
+    return ([i for i, n in enumerate(names) if is_decayed(n)], [i for i, n in enumerate(names) if not is_decayed(n)])
+
+
+@torch.no_grad()
+def sgd_step(names: list[str], params: list[torch.Tensor], grads: list[torch.Tensor],
+             momenta: list[torch.Tensor], config: TrainConfig, lr: float) -> None:
+    """One SGD step of one trial, in place: torch.optim.SGD's fused update (dampening 0) with the
+    trial's momentum, nesterov and lr, weight decay on weights only. `momenta` start as zeros, which
+    gives the first step's buffer = gradient exactly, as torch.optim.SGD's lazily created ones."""
+    for group, decay in zip(sgd_groups(names), (config.weight_decay, 0.0)):
+        _functional_sgd([params[i] for i in group], [grads[i] for i in group], [momenta[i] for i in group],
+                        fused=True, weight_decay=decay, momentum=config.momentum, lr=lr, dampening=0.0,
+                        nesterov=config.nesterov, maximize=False)
+
+
+def optimizer_state(names: list[str], momenta: list[torch.Tensor], config: TrainConfig, lr: float) -> dict:
+    """Momenta as `torch.optim.SGD(param_groups).state_dict()` holds them (weights group first)."""
+    weights, biases = sgd_groups(names)
+    order = weights + biases
+    state = {j: {"momentum_buffer": momenta[i].contiguous() if config.momentum > 0 else None}
+             for j, i in enumerate(order)}
+    common = {"lr": lr, "momentum": config.momentum, "dampening": 0.0, "nesterov": config.nesterov,
+              "maximize": False, "foreach": None, "differentiable": False, "fused": True}
+    groups = [{**common, "weight_decay": config.weight_decay, "params": list(range(len(weights)))},
+              {**common, "weight_decay": 0.0, "params": list(range(len(weights), len(order)))}]
+    return {"state": state, "param_groups": groups}
+
+
+def momenta_from_state(state: dict, names: list[str]) -> list[torch.Tensor | None]:
+    """The momenta of an `optimizer_state` (or a torch.optim.SGD state_dict of the same groups),
+    in model order; None where none was kept (momentum 0)."""
+    weights, biases = sgd_groups(names)
+    momenta: list[torch.Tensor | None] = [None] * len(names)
+    for j, i in enumerate(weights + biases):
+        momenta[i] = state["state"].get(j, {}).get("momentum_buffer")
+    return momenta

@@ -1,0 +1,89 @@
+"""checkpoint.load_checkpoint on real files that are not checkpoints: random bytes, a checkpoint cut
+short, and pickles of foreign objects. Each is refused with a reason in our own words; none passes on
+torch's advice to load with weights_only=False, and none is unpickled."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet_tiny.checkpoint import load_checkpoint
+from alexnet_tiny.errors import UserError
+from conftest import run_cli
+
+MMAP = pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])  # ids: no "False" in tmp_path
+
+
+class Gadget:
+    """A foreign object: unpickling it runs __setstate__, which leaves a marker file behind."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __setstate__(self, state):
+        Path(state["marker"]).touch()
+        self.__dict__.update(state)
+
+
+def small_checkpoint() -> dict:
+    """The fields load_checkpoint checks, with a small tensor for the weights."""
+    return {"model": {"classifier.6.bias": torch.arange(3.0)}, "epoch": 1,
+            "classes": {"wnids": ["n01", "n02", "n03"], "names": ["a", "b", "c"]},
+            "preprocessing": {"image_size": 64}}
+
+
+def refusal(path: Path, mmap: bool) -> str:
+    """load_checkpoint's one-line message, less the path, with no trace of torch's unsafe advice."""
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path, mmap=mmap)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    reason = message.removeprefix(f"{path}: ")
+    assert "weights_only" not in reason and "False" not in reason and "Re-running" not in reason
+    return reason
+
+
+@MMAP
+def test_random_bytes_are_not_a_checkpoint(tmp_path, mmap):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(5000))
+    assert refusal(junk, mmap) == "not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)"
+
+
+@MMAP
+def test_a_checkpoint_cut_short_is_truncated(tmp_path, mmap):
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    torch.save(small_checkpoint(), whole)
+    assert load_checkpoint(whole, mmap=mmap)["classes"]["names"] == ["a", "b", "c"]  # whole, it loads
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert refusal(cut, mmap).startswith("truncated or damaged (a zip archive")
+
+
+@MMAP
+def test_a_foreign_object_is_refused_and_never_unpickled(tmp_path, mmap):
+    marker, path = tmp_path / "unpickled", tmp_path / "gadget.pt"
+    torch.save({**small_checkpoint(), "preprocessing": Gadget(marker)}, path)
+    assert refusal(path, mmap) == (f"holds a pickled {__name__}.Gadget, not only tensors and plain containers: "
+                                   "refused, never unpickled")
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # what torch's advice would do: the marker shows the code ran
+    assert marker.exists()
+
+
+def test_a_whole_saved_module_is_refused(tmp_path):
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 3), path)  # the model object instead of its state_dict
+    assert refusal(path, False).startswith("holds a pickled torch.nn.modules.linear.Linear, not only tensors")
+
+
+def test_predict_with_random_bytes_is_one_line_error(tmp_path):
+    junk, photo = tmp_path / "junk.pt", tmp_path / "photo.png"
+    junk.write_bytes(os.urandom(5000))
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(photo)
+    proc = run_cli("predict", junk, photo, "--device", "cpu")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"alexnet-tiny predict: error: {junk}: not a PyTorch checkpoint "
+                                        "(torch.save writes a zip archive; this file is not one)"]
