@@ -35,6 +35,9 @@ nvidia-smi -L 2>/dev/null || true
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 $PY -m alexnet_tiny prepare --out "$DATA" -q
 
+stage "0. correctness on the device: dropout masks, SGD step, one epoch stacked vs alone"
+timeout 120 $PY bench/device_checks.py --device "$DEVICE" --data "$DATA"
+
 stage "1. speed: naive baseline vs the single-trial engine (fp32)"
 timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH
 

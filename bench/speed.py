@@ -48,7 +48,8 @@ from alexnet_tiny.model import AlexNet, count_parameters
 from alexnet_tiny.device import resolve_device
 from alexnet_tiny.evaluate import evaluate
 from alexnet_tiny.progress import format_duration
-from alexnet_tiny.train import TrialState, train_one_epoch
+from alexnet_tiny.train import CPU_TRAINING_LAYOUT, TrialState, train_one_epoch
+from alexnet_tiny.trial import TrialLosses
 from alexnet_tiny.transforms import MEAN, STD, resize_size, train_batch
 
 SEED_GRID = {"trials": 12, "epochs": 35, "train_images": 4000, "eval_images": 1000}
@@ -240,7 +241,8 @@ class Bench:
                 n_train = baseline_train(model, optimizer, loader, dev)
             elif isinstance(model, StackedAlexNet):
                 n_train = model.k * len(train)
-                train_stack_epoch(model, optimizer, train, config, [0.0] * model.k, dev, epoch, progress=False)
+                train_stack_epoch(model, optimizer, train, config, TrialLosses([0.0] * model.k, dev), dev, epoch,
+                                  progress=False)
             else:
                 n_train = len(train)
                 train_one_epoch(optimizer, train, dev, epoch, progress=False)
@@ -256,7 +258,7 @@ class Bench:
                     evaluate_stack(model, split, a.image_size, dev, self.num_classes)
                     n_eval += model.k * len(split)
                 else:
-                    evaluate(model, split, a.image_size, dev, self.num_classes)
+                    evaluate(model, split, a.image_size, dev, self.num_classes, "bf16" if a.bf16 else "fp32")
                     n_eval += len(split)
         sync(dev)
         t2 = time.perf_counter()
@@ -327,8 +329,8 @@ def breakdown(bench: Bench, repeats: int) -> None:
         optimizer.zero_grad()  # gradients set to None in both
         F.cross_entropy(model(x), y).backward()
 
-    if dev.type == "cpu":  # as train_one_epoch trains on the CPU
-        sgd_e.layout(torch.channels_last)
+    if dev.type == "cpu" and isinstance(sgd_e, TrialState):  # as train_one_epoch trains on the CPU
+        sgd_e.layout(CPU_TRAINING_LAYOUT)
 
     def forward_backward_retained():
         with retained_heap():

@@ -89,6 +89,18 @@ def small_data(tiny_data, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def narrow_alexnet():
+    """For test modules that train many trial-epochs but do not need the real width: AlexNet's two
+    hidden fully connected layers 256 wide instead of 4096, in this process (every layer, code path
+    and file the same; a trial folder's checkpoints 50 MB instead of 0.7 GB). Subprocesses (the CLI)
+    train the real network. Use with `pytestmark = pytest.mark.usefixtures("narrow_alexnet")`."""
+    from alexnet_tiny import model
+    before, model.HIDDEN = model.HIDDEN, 256
+    yield
+    model.HIDDEN = before
+
+
 TIMING = ("epoch_seconds", "images_per_second")  # metrics that differ between identical runs
 
 

@@ -182,14 +182,14 @@ def test_best_row_uses_validation_accuracy_only():
 def test_results_print_hyperparameters_exactly(tmp_path):
     """results.md prints lr 1e-5 and 5e-5 as the trial names do, not rounded to four decimals;
     metrics keep four decimals."""
-    trials = [PRESETS["quick"].replace(lr=lr) for lr in (1e-5, 5e-5, 0.02)]
+    trials = [PRESETS["quick"].replace(lr=lr) for lr in (1e-5, 5e-5, 0.0123456789)]
     rows = collect_results(tmp_path, trials)
     for r, val in zip(rows, (0.123456, 0.5, 0.25)):
         r.update(status="done", best_val_accuracy=val)
     write_results(tmp_path, rows)
     body = (tmp_path / "results.md").read_text().splitlines()[2:]
     lr_cells = [line.split(" | ")[1] for line in body]
-    assert lr_cells == ["1e-05", "5e-05", "0.02"] and "lr1e-05_" in trials[0].name()
+    assert lr_cells == ["1e-05", "5e-05", "0.0123456789"] and "lr1e-05_" in trials[0].name()
     assert "| 0.1235 |" in body[0] and "0.0000" not in "".join(body)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_tiny.model import AlexNet, count_parameters
+from alexnet_tiny.model import AlexNet, count_parameters, dropout_mask
 
 # torchvision.models.alexnet(num_classes=10).state_dict(): names and shapes, written out.
 TORCHVISION_SHAPES = {
@@ -50,8 +50,27 @@ def test_layers(model):
         assert isinstance(f[i], nn.MaxPool2d) and f[i].kernel_size == 3 and f[i].stride == 2
     assert len(f) == 13
     assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d) and model.avgpool.output_size == (6, 6)
-    assert [type(m) for m in c] == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Linear]
+    kinds = [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Linear]
+    assert len(c) == len(kinds) and all(isinstance(m, kind) for m, kind in zip(c, kinds))
     assert c[0].p == 0.5 and c[3].p == 0.5  # dropout before FC1 and FC2
+    assert (c[1].out_features, c[4].out_features) == (4096, 4096)
+
+
+def test_dropout_draws_what_nn_dropout_draws_on_the_cpu(model):
+    """model.Dropout takes its mask from dropout_mask (the one call the stacked engine also makes, on
+    every device); on the CPU that is bitwise what nn.Dropout computes from the same seed, so runs
+    trained before and after the change agree."""
+    x = torch.randn(12, 9216)
+    outs = []
+    for layer in (model.classifier[0], nn.Dropout(0.5)):
+        torch.manual_seed(7)
+        outs.append(layer.train()(x))
+    assert torch.equal(outs[0], outs[1])
+    torch.manual_seed(7)
+    assert torch.equal(outs[0], x * dropout_mask(x.shape, 0.5, "cpu"))
+    assert (outs[0] == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(model.classifier[0].eval()(x), x)  # evaluation: no dropout
+    assert torch.equal(dropout_mask((3, 4), 1.0, "cpu"), torch.zeros(3, 4))  # p = 1 drops everything, as nn.Dropout
 
 
 def test_no_normalisation_layers(model):

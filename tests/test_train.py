@@ -23,6 +23,7 @@ from alexnet_tiny.evaluate import evaluate
 from alexnet_tiny.train import train
 from conftest import FAST, quiet, stop_after, without_timing
 
+pytestmark = pytest.mark.usefixtures("narrow_alexnet")  # many trial-epochs; the real width is not needed
 # 12 steps an epoch on small_data (192 training images); the learning rate halves every epoch.
 TRAIN = FAST.replace(lr=0.02, batch_size=16, epochs=3)
 

@@ -1,7 +1,10 @@
 """Checkpoints: plain dicts of tensors and primitives, loaded with weights_only=True.
 
-    {"model", "optimizer", "lr_scheduler", "epoch", "config", "best", "classes", "preprocessing",
-     "elapsed_seconds"}   (best.pt leaves out the optimizer and scheduler)
+    {"model", "optimizer", "epoch", "config", "best", "classes", "preprocessing", "precision",
+     "elapsed_seconds"}   (best.pt leaves out the optimizer; runfolder.checkpoint_dict writes them)
+
+"optimizer" is in torch.optim.SGD's state_dict layout; there is no scheduler state (the learning rate
+is a function of the epoch, trial.lr_at). Checkpoints from before the precision entry are fp32.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) ->
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu") -> AlexNet:
-    model = AlexNet(num_classes=len(ckpt["classes"]["wnids"]))
+    fc1 = ckpt["model"].get("classifier.1.weight")  # its hidden width, as the checkpoint's weights say
+    model = AlexNet(num_classes=len(ckpt["classes"]["wnids"]), hidden=fc1.shape[0] if fc1 is not None else None)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

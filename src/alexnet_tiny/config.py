@@ -46,6 +46,7 @@ class TrainConfig:
             ("augment", self.augment in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
             ("crop_scale", 0 < self.crop_scale <= 1, "a number in (0, 1]"),
             ("mixup", self.mixup >= 0, "a number >= 0"),
+            ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum is 0 (Nesterov needs momentum)"),
         ]
         for name, ok, expected in checks:
             if not ok:

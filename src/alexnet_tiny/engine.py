@@ -7,9 +7,9 @@ along a leading trial dimension and advances them together:
 
 - one shared input batch; the first conv is one conv with K x 64 filters, the other convs are
   grouped convs (groups=K), the fully connected layers are batched matmuls (baddbmm);
-- each trial's loss is its own mean cross-entropy (`trial.trial_losses`, its own label smoothing),
+- each trial's loss is its own mean cross-entropy (`trial.TrialLosses`, its own label smoothing),
   so the summed loss gives every trial exactly its own gradient;
-- each trial's SGD step is `trial.sgd_step` on its slice of the stacked weights, gradients and
+- each trial's SGD step is `trial.sgd_update` on its slice of the stacked weights, gradients and
   momenta, with its own lr (`trial.lr_at`), momentum, weight decay and nesterov;
 - the data stays on the device; the best weights are kept there too, and checkpoints are written
   every CHECKPOINT_SECONDS and at the end (not every epoch: 12 trials' last.pt are 5.5 GB); a trial
@@ -40,7 +40,8 @@ from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
 from .model import AlexNet, dropout_mask
 from .runfolder import RunFolder, epoch_line
 from .transforms import eval_batch
-from .trial import epoch_batches, lr_at, momenta_from_state, optimizer_state, sgd_step, stream_key, trial_losses
+from .trial import (TrialLosses, epoch_batches, lr_at, momenta_from_state, optimizer_state, sgd_groups, sgd_update,
+                    stream_key)
 
 ENGINES = ("auto", "stacked", "single")
 CHECKPOINT_SECONDS = 300.0
@@ -135,13 +136,18 @@ class StackedAlexNet(nn.Module):
 # ----------------------------------------------------------------------------- the stacked optimiser
 
 class StackedSGD:
-    """`trial.sgd_step` applied to each trial's slice of the stacked weights, gradients and momenta,
-    with that trial's hyperparameters and lr. Gradients are set to None between steps, as in `train`,
-    so that backward hands over fresh ones instead of adding into zeroed ones."""
+    """`trial.sgd_update` applied to each trial's slice of the stacked weights, gradients and momenta,
+    with that trial's hyperparameters and lr, weight decay on weights only. The slices of weights and
+    momenta are taken once; gradients are set to None between steps, as in `train`, so that backward
+    hands over fresh ones instead of adding into zeroed ones."""
 
     def __init__(self, stack: StackedAlexNet, configs: list[TrainConfig]):
         self.stack, self.configs = stack, configs
-        self.momenta = [torch.zeros_like(p) for p in stack.params]
+        params = list(stack.params)
+        self.momenta = [torch.zeros_like(p) for p in params]
+        self.groups = sgd_groups(stack.names)
+        self.slices = [[([params[i][k] for i in group], [self.momenta[i][k] for i in group]) for group in self.groups]
+                       for k in range(len(configs))]
         self.lrs = [lr_at(c, 0) for c in configs]
         self.active = [True] * len(configs)
 
@@ -153,17 +159,18 @@ class StackedSGD:
             p.grad = None
 
     def step(self) -> None:
-        params = list(self.stack.params)
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in self.stack.params]
         for k, c in enumerate(self.configs):
-            if self.active[k]:
-                sgd_step(self.stack.names, [p[k] for p in params], [g[k] for g in grads],
-                         [m[k] for m in self.momenta], c, self.lrs[k])
+            if not self.active[k]:
+                continue
+            for (params, momenta), group, decay in zip(self.slices[k], self.groups, (c.weight_decay, 0.0)):
+                sgd_update(params, [grads[i][k] for i in group], momenta, c, self.lrs[k], decay)
 
     def trial_state(self, k: int, epochs_done: int) -> dict:
-        """Trial k's momenta as a checkpoint's "optimizer" entry (on the CPU)."""
-        return optimizer_state(self.stack.names, [m[k].detach().cpu() for m in self.momenta], self.configs[k],
-                               lr_at(self.configs[k], epochs_done))
+        """Trial k's momenta as a checkpoint's "optimizer" entry, copied to the CPU (a view of the
+        stacked tensor would save all K trials' momenta)."""
+        return optimizer_state(self.stack.names, [m[k].detach().to("cpu", copy=True) for m in self.momenta],
+                               self.configs[k], lr_at(self.configs[k], epochs_done))
 
     @torch.no_grad()
     def load_trial(self, k: int, optimizer: dict) -> None:
@@ -175,7 +182,7 @@ class StackedSGD:
 
 @retained_heap()
 def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, stream: TrainConfig,
-                      smoothing: list[float], device, epoch: int, progress: bool = True) -> list[dict]:
+                      loss_fn: TrialLosses, device, epoch: int, progress: bool = True) -> list[dict]:
     """One epoch of every trial in the stack; train loss and accuracy per trial."""
     stack.train()
     loss_sum = torch.zeros(stack.k, device=device)
@@ -183,7 +190,7 @@ def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, strea
     start = time.perf_counter()
     for x, y, lam in epoch_batches(split, stream, device, epoch, progress):
         out = stack(x)
-        losses = trial_losses(out, y, smoothing, lam)
+        losses = loss_fn(out, y, lam)
         optimizer.zero_grad()
         losses.sum().backward()
         optimizer.step()
@@ -290,7 +297,7 @@ class Stack:
         self.model = StackedAlexNet(AlexNet(dataset.num_classes), len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
-        self.smoothing = [c.label_smoothing for c in configs]
+        self.loss_fn = TrialLosses([c.label_smoothing for c in configs], device)
         self.live = list(range(len(runs)))
 
     def resume(self) -> int:
@@ -316,7 +323,7 @@ class Stack:
     def save_best(self, k: int) -> None:
         """best.pt of trial k, if a better epoch came since it was written."""
         if self.runs[k].best_unsaved:
-            self.runs[k].save_best({n: b[k].cpu() for n, b in zip(self.model.names, self.best)})
+            self.runs[k].save_best({n: b[k].to("cpu", copy=True) for n, b in zip(self.model.names, self.best)})
 
     def save(self, k: int) -> None:
         """best.pt, then last.pt of trial k, in the format `train` writes and resumes from."""
@@ -327,7 +334,7 @@ class Stack:
     def train_epoch(self, epoch: int, progress: bool) -> tuple[list[dict], list[Evaluation], list[Evaluation]]:
         stream, splits, classes = self.runs[0].config, self.dataset.splits, self.dataset.num_classes
         self.optimizer.set_epoch(epoch - 1)
-        tr = train_stack_epoch(self.model, self.optimizer, splits["train"], stream, self.smoothing, self.device,
+        tr = train_stack_epoch(self.model, self.optimizer, splits["train"], stream, self.loss_fn, self.device,
                                epoch, progress)
         val, test = (evaluate_stack(self.model, splits[s], stream.image_size, self.device, classes)
                      for s in ("val", "test"))

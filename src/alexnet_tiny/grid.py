@@ -24,11 +24,10 @@ from .errors import UserError
 from .model import AlexNet
 from .progress import format_duration, progress_bar
 from .results import collect_results, write_results
-from .train import TrialState, run_trials
+from .train import CPU_TRAINING_LAYOUT, TrialState, run_trials
 from .transforms import train_batch
-from .trial import trial_losses
+from .trial import TrialLosses
 
-GRID_FILE = "grid.json"
 BACKENDS = ("local", "ray")
 
 GRID_PRESETS: dict[str, dict] = {
@@ -115,9 +114,10 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
     else:
         state = TrialState(config, dataset.num_classes, dev)
         if dev.type == "cpu":
-            state.layout(torch.channels_last)
+            state.layout(CPU_TRAINING_LAYOUT)
         model, optimizer = state.model, state
         step = partial(state.step, config.lr)
+    loss_fn = TrialLosses([config.label_smoothing] * stack, dev)
     gen = torch.Generator().manual_seed(0)
     images = dataset.splits["train"].images[:config.batch_size].to(dev)
     labels = dataset.splits["train"].labels[:config.batch_size].to(dev)
@@ -126,7 +126,7 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
             synchronize(dev)
             t0 = time.perf_counter()
         out = model(train_batch(images, config.image_size, gen))
-        loss = trial_losses(out if stack > 1 else out.unsqueeze(0), labels, [config.label_smoothing] * stack).sum()
+        loss = loss_fn(out if stack > 1 else out.unsqueeze(0), labels).sum()
         optimizer.zero_grad()
         loss.backward()
         step()
@@ -152,7 +152,7 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device) 
 # ----------------------------------------------------------------------------- running
 
 def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> None:
-    path = out / GRID_FILE
+    path = out / runlog.GRID_FILE
     names = [t.name() for t in trials]
     if path.exists():
         previous = json.loads(path.read_text()).get("trials", [])
@@ -224,7 +224,7 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     _check_grid_folder(out, trials, resume)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / GRID_FILE, {"trials": [{"name": t.name(), "config": t.to_dict()} for t in trials],
+    write_json(out / runlog.GRID_FILE, {"trials": [{"name": t.name(), "config": t.to_dict()} for t in trials],
                                  "dataset": str(dataset.root)})
     todo = todo_trials(out, trials)
     if backend == "ray":

@@ -17,9 +17,17 @@ import torch
 from torch import nn
 
 
+# The two hidden fully connected layers' width (the paper's 4096). Tests that train many trial-epochs
+# but do not need the real width narrow it (tests/conftest.py: narrow_alexnet); a checkpoint's
+# weights carry their width, so it loads whatever this is.
+HIDDEN = 4096
+
+
 def dropout_mask(shape, p: float, device) -> torch.Tensor:
     """Keep each unit with probability 1 - p, scaled by 1 / (1 - p): what `nn.Dropout` computes on the
     CPU (the same generator call), on any device."""
+    if p >= 1:
+        return torch.zeros(shape, device=device)
     return torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
 
 
@@ -33,8 +41,9 @@ class Dropout(nn.Dropout):
 
 
 class AlexNet(nn.Module):
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, hidden: int | None = None):
         super().__init__()
+        hidden = hidden or HIDDEN
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
@@ -47,9 +56,9 @@ class AlexNet(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
+            Dropout(p=dropout), nn.Linear(256 * 6 * 6, hidden), nn.ReLU(inplace=True),
+            Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

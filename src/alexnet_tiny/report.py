@@ -32,7 +32,6 @@ from .errors import UserError
 from .evaluate import SavedModel, per_class_rows
 from .results import best_row, format_value, write_results
 
-GRID_FILE = "grid.json"  # written by grid.py, read here: the report imports no driver
 
 REPORT_DIR = "report"
 REPORT_JSON = "report.json"
@@ -65,7 +64,7 @@ def find_trials(runs_dir: Path) -> list[Trial]:
     a single run."""
     if (runs_dir / runlog.CONFIG_FILE).exists() or _event_files(runs_dir):
         return [Trial(runs_dir.name, runs_dir)]
-    grid_file = runs_dir / GRID_FILE
+    grid_file = runs_dir / runlog.GRID_FILE
     if grid_file.exists():
         try:
             return [Trial(t["name"], runs_dir / t["name"], planned=t.get("config"))

@@ -1,8 +1,8 @@
 """A grid's results, in one place for the grid, the Ray backend, the CLI and the report: the best
 trial (by validation accuracy alone, never test), results.csv / results.md, and how values print.
 
-Hyperparameters print exactly as in the trial names (`format(v, "g")`: 1e-05, 5e-05, 0.0001);
-metrics print with four decimals.
+Hyperparameters print exactly (`repr`: 1e-05, 5e-05, 0.0123456789, as the trial names write them
+up to six significant digits); metrics print with four decimals and seconds with one.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ FOUR_DIGITS = ("best_val_accuracy", "test_accuracy_at_best", "final_train_loss")
 
 
 def format_value(v, key: str | None = None) -> str:
-    """A table cell: metrics (FOUR_DIGITS) to four decimals, everything else exactly."""
+    """A table cell: metrics (FOUR_DIGITS) to four decimals, seconds to one, everything else exactly."""
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.4f}" if key in FOUR_DIGITS else format(v, "g")
+        return f"{v:.4f}" if key in FOUR_DIGITS else f"{v:.1f}" if key == "seconds" else repr(v)
     return str(v)
 
 

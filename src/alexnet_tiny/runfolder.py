@@ -2,9 +2,11 @@
 
 What a run folder holds is listed in runlog.py. The rules kept here:
 - logs first, then checkpoints: a kill between them only makes a resume redo that epoch;
-- best.pt is written before last.pt, and config.json names only a best epoch whose weights are in
-  best.pt (`best_on_disk`): the engine keeps a better epoch on the device until its next checkpoint,
-  and a trial that diverges first has it written then;
+- config.json names only a best epoch whose weights are in best.pt (`best_on_disk`), and only the
+  epochs that last.pt holds (`last_on_disk`): it is rewritten right after each of them is replaced.
+  The engine keeps a better epoch on the device until its next checkpoint, and a trial that
+  diverges first has it written then. (Between the rename of best.pt and that of config.json a kill
+  leaves config.json one best behind; a resume reads its best from best.pt itself.)
 - a resume starts from last.pt (its epoch, elapsed time, momenta) and takes the best from best.pt.
 """
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RunFolder:
         self.finished = self.previous is not None and self.previous["status"] in runlog.FINISHED
         self.best = self.best_on_disk = dict(NO_BEST)
         self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None
+        self.last_on_disk = 0  # the epoch last.pt holds
         self.writer = None
         self.row: dict | None = None
 
@@ -107,6 +110,7 @@ class RunFolder:
         if self.previous is not None and last.exists():
             ckpt = load_checkpoint(last, mmap=True)
             self.elapsed, self.start_epoch = ckpt["elapsed_seconds"], ckpt["epoch"] + 1
+            self.last_on_disk = ckpt["epoch"]
             if best.exists():  # the best whose weights are on disk (it may be newer than last.pt)
                 self.best = self.best_on_disk = dict(load_checkpoint(best, mmap=True)["best"])
         kept = runlog.truncate_metrics(self.out, self.epochs_done) if self.previous is not None else []
@@ -130,7 +134,9 @@ class RunFolder:
             self.writer.close()
 
     def record(self, status: str, reason: str | None = None) -> dict:
-        return run_record(self.config, self.dataset, self.device, status, self.best_on_disk, self.epochs_done,
+        """config.json: while running, the epochs a resume keeps (last.pt's); at the end, all of them."""
+        epochs = self.last_on_disk if status == runlog.STATUS_RUNNING else self.epochs_done
+        return run_record(self.config, self.dataset, self.device, status, self.best_on_disk, epochs,
                           self.final_train_loss, self.elapsed, reason, self.engine, self.precision)
 
     def end_epoch(self, epoch: int, tr: dict, val: Evaluation, test: Evaluation, lr: float, seconds: float) -> bool:
@@ -154,7 +160,7 @@ class RunFolder:
 
     @property
     def best_unsaved(self) -> bool:
-        return self.best["epoch"] != self.best_on_disk["epoch"]
+        return self.best != self.best_on_disk
 
     def save_best(self, state_dict: dict) -> None:
         """best.pt: the weights of the best epoch so far (labelled with that epoch, also when the
@@ -162,11 +168,13 @@ class RunFolder:
         atomic_torch_save(checkpoint_dict(state_dict, self.best["epoch"], self.config, self.dataset, self.best,
                                           self.elapsed, self.precision), self.out / runlog.BEST_CKPT)
         self.best_on_disk = dict(self.best)
+        runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
 
     def save_last(self, state_dict: dict, optimizer: dict) -> None:
         """last.pt: the last finished epoch's weights and momenta; then config.json counts it."""
         atomic_torch_save(checkpoint_dict(state_dict, self.epochs_done, self.config, self.dataset, self.best_on_disk,
                                           self.elapsed, self.precision, optimizer), self.out / runlog.LAST_CKPT)
+        self.last_on_disk = self.epochs_done
         runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
 
     def diverge(self, epoch: int, loss: float, seconds: float) -> dict:

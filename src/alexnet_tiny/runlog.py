@@ -14,6 +14,7 @@ from .data import atomic_path, write_json
 from .errors import UserError
 
 CONFIG_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT = "config.json", "metrics.jsonl", "last.pt", "best.pt"
+GRID_FILE = "grid.json"  # a grid folder's list of trials (grid.py writes it, the report reads it)
 
 # metrics.jsonl key -> TensorBoard tag. The report reads the tags through this same table.
 TAGS = {

@@ -9,10 +9,10 @@ A trial is a TrainConfig trained on a dataset. Its rules:
 - `lr_at`: the learning rate of each epoch in closed form, StepLR(step_size, gamma) or linear warmup
   then cosine; nothing is stepped, so a checkpoint needs only its epoch;
 - `is_decayed`: weight decay on conv and linear weights, never on biases;
-- `trial_losses`: each trial's mean cross-entropy (its own label smoothing), mixed with the
+- `TrialLosses`: each trial's mean cross-entropy (its own label smoothing), mixed with the
   reversed batch at the step's mixup weight;
-- `sgd_step`: the update, `torch.optim.SGD`'s own fused functional step (momentum, nesterov,
-  weight decay), called on one trial's tensors;
+- `sgd_update`: the update, `torch.optim.SGD`'s own fused functional step (momentum, nesterov,
+  weight decay), called on one trial's tensors (`sgd_step` groups them: decay on weights only);
 - `optimizer_state` / `momenta_from_state`: the momenta in a checkpoint, in the layout of
   `torch.optim.SGD.state_dict()` (weights first, then biases), so either driver resumes the other's.
 
@@ -21,7 +21,7 @@ weights are stacked. Both call these functions with their own tensors (the engin
 for the SGD step, with K = 1 slices). The single loop is a driver of these functions rather than the
 engine's K = 1 case because on the CPU its plain, channels_last convolutions and addmm layers are
 faster than the stacked ones (grouped convs, baddbmm), and keep its results bitwise what they were
-(tests/test_train.py compares them with a run before this module existed).
+before this module existed (checked for the quick, recipe-cpu and seed presets' first two epochs).
 """
 from __future__ import annotations
 
@@ -108,24 +108,32 @@ def lr_at(config: TrainConfig, epoch_index: int) -> float:
 
 # ----------------------------------------------------------------------------- the loss
 
-def trial_losses(logits: torch.Tensor, y: torch.Tensor, smoothing: list[float], lam: float = 1.0) -> torch.Tensor:
-    """Each trial's mean cross-entropy (K,) from logits (K, B, classes), with its own label smoothing,
-    mixed with the reversed batch's labels at weight 1 - lam (mixup). Trials that share a smoothing
-    value share one `F.cross_entropy` call; for K = 1 it is exactly the single loop's call."""
-    def mean_ce(labels: torch.Tensor) -> torch.Tensor:
+class TrialLosses:
+    """Each trial's mean cross-entropy with its own label smoothing, mixed with the reversed batch's
+    labels at weight 1 - lam (mixup): logits (K, B, classes) -> losses (K,). For one trial it is
+    exactly `F.cross_entropy(logits, y, label_smoothing=s)`; trials sharing one smoothing value share
+    one call; mixed values use the same formula, (1 - s) * nll + s * mean(-log p), with the
+    smoothing values on the device (no list indexing: on a GPU that would wait for the queue)."""
+
+    def __init__(self, smoothing: list[float], device=None):
+        self.smoothing = list(smoothing)
+        self.shared = len(set(self.smoothing)) == 1
+        self.s = None if self.shared else torch.tensor(self.smoothing, device=device)[:, None]
+
+    def mean_ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k, b = logits.shape[:2]
         if k == 1:
-            return F.cross_entropy(logits[0], labels, label_smoothing=smoothing[0]).unsqueeze(0)
-        out = logits.new_empty(k, dtype=torch.float32)
-        for s in dict.fromkeys(smoothing):
-            idx = [i for i, v in enumerate(smoothing) if v == s]
-            ce = F.cross_entropy(logits[idx].flatten(0, 1).float(), labels.repeat(len(idx)), label_smoothing=s,
-                                 reduction="none")
-            out[idx] = ce.view(len(idx), b).mean(1)
-        return out
+            return F.cross_entropy(logits[0].float(), y, label_smoothing=self.smoothing[0]).unsqueeze(0)
+        flat, labels = logits.flatten(0, 1).float(), y.repeat(k)
+        if self.shared:
+            return F.cross_entropy(flat, labels, label_smoothing=self.smoothing[0], reduction="none").view(k, b).mean(1)
+        nll = F.cross_entropy(flat, labels, reduction="none").view(k, b)
+        uniform = -flat.log_softmax(-1).mean(-1).view(k, b)
+        return ((1 - self.s) * nll + self.s * uniform).mean(1)
 
-    loss = mean_ce(y)
-    return loss if lam >= 1.0 else lam * loss + (1 - lam) * mean_ce(y.flip(0))
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+        loss = self.mean_ce(logits, y)
+        return loss if lam >= 1.0 else lam * loss + (1 - lam) * self.mean_ce(logits, y.flip(0))
 
 
 # ----------------------------------------------------------------------------- the update
@@ -141,15 +149,21 @@ def sgd_groups(names: list[str]) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
+def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], momenta: list[torch.Tensor],
+               config: TrainConfig, lr: float, weight_decay: float) -> None:
+    """torch.optim.SGD's fused update in place (dampening 0) with the trial's momentum and nesterov.
+    `momenta` start as zeros, which gives the first step's buffer = gradient exactly, as
+    torch.optim.SGD's lazily created ones."""
+    _functional_sgd(params, grads, momenta, fused=True, weight_decay=weight_decay, momentum=config.momentum, lr=lr,
+                    dampening=0.0, nesterov=config.nesterov, maximize=False)
+
+
 def sgd_step(names: list[str], params: list[torch.Tensor], grads: list[torch.Tensor],
              momenta: list[torch.Tensor], config: TrainConfig, lr: float) -> None:
-    """One SGD step of one trial, in place: torch.optim.SGD's fused update (dampening 0) with the
-    trial's momentum, nesterov and lr, weight decay on weights only. `momenta` start as zeros, which
-    gives the first step's buffer = gradient exactly, as torch.optim.SGD's lazily created ones."""
+    """One SGD step of one trial: weight decay on weights only."""
     for group, decay in zip(sgd_groups(names), (config.weight_decay, 0.0)):
-        _functional_sgd([params[i] for i in group], [grads[i] for i in group], [momenta[i] for i in group],
-                        fused=True, weight_decay=decay, momentum=config.momentum, lr=lr, dampening=0.0,
-                        nesterov=config.nesterov, maximize=False)
+        sgd_update([params[i] for i in group], [grads[i] for i in group], [momenta[i] for i in group], config, lr,
+                   decay)
 
 
 def optimizer_state(names: list[str], momenta: list[torch.Tensor], config: TrainConfig, lr: float) -> dict:
