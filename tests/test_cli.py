@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -29,7 +30,8 @@ def pipeline(tiny_source, tmp_path_factory):
     prepare = run_cli("prepare", "--source", tiny_source, "--classes", 3, "--out", data, "-q", check=True)
     train = run_cli("train", "--preset", "quick", "--epochs", 1, "--image-size", 64, "--data", data,
                     "--out", run, "--device", "cpu", "-q", check=True)
-    return SimpleNamespace(data=data, run=run, prepare=prepare, train=train)
+    yield SimpleNamespace(data=data, run=run, prepare=prepare, train=train)
+    shutil.rmtree(root)  # checkpoints, needed no more
 
 
 def error_line(proc, command: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -207,7 +208,8 @@ def reference(small_grid, small_data, tmp_path_factory):
     _, trials = grid_trials(config=small_grid)
     logged = []
     rows = run_grid(trials, out, data=small_data, device="cpu", progress=False, log=logged.append)
-    return SimpleNamespace(out=out, trials=trials, rows=rows, logged=logged)
+    yield SimpleNamespace(out=out, trials=trials, rows=rows, logged=logged)
+    shutil.rmtree(out)  # checkpoints, needed no more
 
 
 def read_csv(out: Path) -> list[dict]:

@@ -18,6 +18,8 @@ from alexnet_tiny.train import train
 from conftest import FAST, run_cli
 
 
+pytestmark = pytest.mark.usefixtures("narrow_alexnet")  # many trial-epochs; the real width is not needed
+
 @pytest.fixture(scope="module")
 def checkpoint(small_data, tmp_path_factory):
     """A real best.pt from one short epoch (predict needs weights, not accuracy)."""

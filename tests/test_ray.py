@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -77,9 +78,10 @@ def ray_grid(tiny_data, tmp_path_factory) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
     before = {n: runlog.read_metrics(out / n) for n in NAMES}
     resumed = run_cli(*args, "--resume", env=ENV)
-    return {"toml": toml, "out": out, "args": args, "saved": saved, "before": before,
-            "interrupted": subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
-            "resumed": resumed}
+    yield {"toml": toml, "out": out, "args": args, "saved": saved, "before": before,
+           "interrupted": subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+           "resumed": resumed}
+    shutil.rmtree(tmp)  # checkpoints, needed no more
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from alexnet_tiny.report import FIGURES, write_report
 
 from conftest import FAST, run_cli
 
+pytestmark = pytest.mark.usefixtures("narrow_alexnet")  # many trial-epochs; the real width is not needed
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -30,7 +33,8 @@ def grid_dir(small_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("grid") / "g"
     trials = [FAST.replace(epochs=1, lr=0.01), FAST.replace(epochs=1, lr=0.02)]
     run_grid(trials, out, data=small_data, device="cpu", progress=False, log=lambda m: None, estimate=False)
-    return out
+    yield out
+    shutil.rmtree(out)  # checkpoints, needed no more
 
 
 @pytest.fixture(scope="module")

@@ -55,10 +55,11 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- one run
 
-def test_training_lowers_the_loss(run_a):
+def test_training_learns(run_a):
     rows = runlog.read_metrics(run_a)
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert rows[-1]["train_loss"] < 0.95 * math.log(3)  # below chance for 3 classes
+    losses = [r["train_loss"] for r in rows]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < math.log(3)  # falls every epoch, below chance
+    assert rows[-1]["val_accuracy"] > 0.8  # 3 colour classes: chance is 1/3
 
 
 def test_metrics_jsonl(run_a, dataset):
