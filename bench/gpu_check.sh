@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check and timing of issues 5 and 6 in one call, sized for the device machine's budget
-# (one call, at most 10 minutes; each stage has its own timeout so a slow one cannot eat the rest).
+# Every GPU check and timing of issues 5, 6 and 14 in one call, sized for the device machine's budget
+# (one call, at most 10 minutes: each stage has its own timeout, 570 s in all, so a slow one cannot
+# eat the rest; run it with the device tool's timeout_s=600).
 #
 #   PYTHONPATH=src bash bench/gpu_check.sh                 # on the GPU machine, from the repository root
 #   PYTHONPATH=src DEVICE=cpu SMALL=1 bash bench/gpu_check.sh   # a rehearsal of every stage on the CPU
@@ -20,12 +21,12 @@ if [ -n "${SMALL:-}" ]; then  # rehearsal: every stage, tiny
     SEED_GRID="--config $OUT/seed-small.toml"
     printf 'preset = "seed"\nlr = [0.005, 0.001]\nmomentum = [0.9]\nepochs = 1\nimage_size = 64\n' > "$OUT/seed-small.toml"
     RECIPE="--epochs 1 --warmup-epochs 0 --image-size 64 --batch-size 32"
-    T_GRID=600 T_RECIPE=300
+    T_GRID=600 T_RECIPE=300 T_CHECK=300
 else
-    BENCH="--trials 2 --epochs 2 --steps 100 --warmup 10 --eval-images 500"
+    BENCH="--trials 2 --epochs 2 --steps 40 --warmup 5 --eval-images 200"
     SEED_GRID="--preset seed"
     RECIPE=""
-    T_GRID=${T_GRID:-240} T_RECIPE=${T_RECIPE:-120}
+    T_GRID=${T_GRID:-120} T_RECIPE=${T_RECIPE:-60} T_CHECK=${T_CHECK:-90}
 fi
 
 stage() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
@@ -36,19 +37,19 @@ $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torc
 $PY -m alexnet_tiny prepare --out "$DATA" -q
 
 stage "0. correctness on the device: dropout masks, SGD step, one epoch stacked vs alone"
-timeout 120 $PY bench/device_checks.py --device "$DEVICE" --data "$DATA"
+timeout "$T_CHECK" $PY bench/device_checks.py --device "$DEVICE" --data "$DATA"
 
 stage "1. speed: naive baseline vs the single-trial engine (fp32)"
-timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH
+timeout 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH
 
 stage "2. speed: baseline vs 12 stacked trials (fp32)"
-timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12
+timeout 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12
 
 stage "2b. speed: baseline vs 12 stacked trials, one conv per trial instead of grouped convs (fp32)"
-timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --stack-conv split
+timeout 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --stack-conv split
 
 stage "3. speed: baseline vs 12 stacked trials (bf16 autocast)"
-timeout 150 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --bf16
+timeout 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --bf16
 
 stage "4. the seed grid end to end (12 trials x 35 epochs, batch 12, 224 px), stacked engine, fp32"
 rm -rf "$OUT/seed"
