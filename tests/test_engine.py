@@ -3,8 +3,8 @@
 Trials that share a data stream but differ in lr, momentum, schedule, weight decay, nesterov and
 label smoothing (and a second stream with random resized crops and mixup) are trained once stacked
 and once each alone (train.py's loop, fp32 on the CPU). They must agree to rounding, where
-"rounding" is measured in the same run: the same trials trained alone once more with another
-memory layout (other convolution kernels, another summation order, nothing else changed). Then the stack's run folders,
+"rounding" is measured in the same run: the same trials trained alone again through other
+convolution kernels (contiguous weights; PyTorch's native convolutions), nothing else changed. Then the stack's run folders,
 resume (also across engines), divergence of one trial in a stack, planning and the CLI."""
 from __future__ import annotations
 
@@ -81,13 +81,18 @@ def alone(dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def alone_again(dataset, tmp_path_factory) -> Path:
-    """The same trials alone with contiguous instead of channels_last weights: the same arithmetic
-    through other convolution kernels (as the stack's grouped convs are), so what rounding alone does."""
-    out = train_alone(TRIALS + RRC_TRIALS, dataset, tmp_path_factory.mktemp("engine") / "again",
-                      torch.contiguous_format)
-    yield out
-    shutil.rmtree(out)
+def alone_again(dataset, tmp_path_factory) -> list[Path]:
+    """The same trials alone through other convolution kernels, the same arithmetic otherwise: with
+    contiguous instead of channels_last weights, and with PyTorch's native convolutions instead of
+    oneDNN's. Which of the two perturbs a trial as much as the stack's grouped convolutions depends
+    on the CPU (measured: the first on an AMX Xeon, the second with oneDNN limited to AVX2), so the
+    drift is the larger of the two."""
+    root = tmp_path_factory.mktemp("engine")
+    contiguous = train_alone(TRIALS + RRC_TRIALS, dataset, root / "contiguous", torch.contiguous_format)
+    with torch.backends.mkldnn.flags(enabled=False):
+        native = train_alone(TRIALS + RRC_TRIALS, dataset, root / "native")
+    yield [contiguous, native]
+    shutil.rmtree(root)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -122,7 +127,7 @@ def metric_errors(run_a: Path, run_b: Path) -> dict[str, float]:
 
 def assert_same_trial(run_a: Path, run_b: Path, drift: dict, factor: float = 10.0) -> None:
     """Two run folders of one trial agree to rounding: every tensor's update and momentum, and every
-    logged metric, within `factor` times what a change of convolution layout alone did to the same
+    logged metric, within `factor` times what other convolution kernels alone did to the same
     trial (`drift`, measured in this run; ReLU and argmax boundaries amplify last-bit differences
     over the 24 steps); accuracies may also differ by one image. The learning rates are equal."""
     for a, b in zip(runlog.read_metrics(run_a), runlog.read_metrics(run_b)):
@@ -143,11 +148,15 @@ SPLIT_IMAGES = {"train": 192, "val": 60, "test": 60}  # small_data: 64 / 20 / 20
 
 @pytest.fixture(scope="module")
 def drift(alone, alone_again) -> dict[str, dict]:
-    """trial name -> what a change of convolution layout alone does to it: per-tensor (update,
-    momentum) errors and per-metric differences."""
-    return {t.name(): {"tensors": update_errors(alone_again / t.name(), alone / t.name(), t),
-                       "metrics": metric_errors(alone_again / t.name(), alone / t.name())}
-            for t in TRIALS + RRC_TRIALS}
+    """trial name -> what other convolution kernels alone do to it: per-tensor (update, momentum)
+    errors and per-metric differences, the larger of the two references in `alone_again`."""
+    out = {}
+    for t in TRIALS + RRC_TRIALS:
+        tensors = [update_errors(again / t.name(), alone / t.name(), t) for again in alone_again]
+        metrics = [metric_errors(again / t.name(), alone / t.name()) for again in alone_again]
+        out[t.name()] = {"tensors": {n: tuple(map(max, zip(*(e[n] for e in tensors)))) for n in tensors[0]},
+                         "metrics": {k: max(m[k] for m in metrics) for k in metrics[0]}}
+    return out
 
 
 # ----------------------------------------------------------------------------- the stacked model
@@ -197,11 +206,11 @@ def test_a_stacked_trial_matches_the_same_trial_trained_alone(stacked, alone, dr
 
 @pytest.mark.slow
 def test_the_drift_reference_is_rounding_not_nothing(alone, alone_again, drift):
-    """The layout reference really changes the rounding (else every tolerance would be the
-    floor) and no more than rounding (the runs agree to well under a per cent)."""
+    """The references really change the rounding (else every tolerance would be the floor) and no
+    more than rounding (updates agree to a few per cent)."""
     for t in TRIALS:
         updates = [u for u, _ in drift[t.name()]["tensors"].values()]
-        assert max(updates) > 0 and max(updates) < 0.05, t.name()
+        assert max(updates) > 0 and max(updates) < 0.1, t.name()
 
 
 def test_weight_decay_moves_weights_and_spares_biases_in_both_loops():
