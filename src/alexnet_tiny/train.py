@@ -34,9 +34,9 @@ CPU_TRAINING_LAYOUT = torch.channels_last
 
 
 class TrialState:
-    """One trial's model and momenta. On the CPU the weights (and so the momenta, which the fused
-    kernel walks as flat memory beside them) are in CPU_TRAINING_LAYOUT while training, and
-    contiguous for evaluation and checkpoints."""
+    """One trial's model and momenta. On the CPU the weights are in CPU_TRAINING_LAYOUT while
+    training and contiguous for evaluation and checkpoints; the momenta, which the fused kernel walks
+    as flat memory beside the weights, take the training layout once and keep it."""
 
     def __init__(self, config: TrainConfig, num_classes: int, device):
         self.config = config
@@ -88,8 +88,8 @@ def train_one_epoch(state: TrialState, split: Split, device, epoch: int, progres
         state.step(lr)
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
-    if on_cpu:
-        state.layout(torch.contiguous_format)
+    if on_cpu:  # evaluation and checkpoints see the usual layout (the momenta are not used there)
+        model.to(memory_format=torch.contiguous_format)
     n = len(split)
     loss_value = loss_sum.item() / n  # one device sync per epoch
     seconds = time.perf_counter() - start

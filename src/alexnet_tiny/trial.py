@@ -170,7 +170,7 @@ def optimizer_state(names: list[str], momenta: list[torch.Tensor], config: Train
     """Momenta as `torch.optim.SGD(param_groups).state_dict()` holds them (weights group first)."""
     weights, biases = sgd_groups(names)
     order = weights + biases
-    state = {j: {"momentum_buffer": momenta[i].contiguous() if config.momentum > 0 else None}
+    state = {j: {"momentum_buffer": momenta[i] if config.momentum > 0 else None}
              for j, i in enumerate(order)}
     common = {"lr": lr, "momentum": config.momentum, "dampening": 0.0, "nesterov": config.nesterov,
               "maximize": False, "foreach": None, "differentiable": False, "fused": True}
