@@ -40,7 +40,7 @@ from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
 from .model import AlexNet, dropout_mask
 from .runfolder import RunFolder, epoch_line
 from .transforms import eval_batch
-from .trial import (TrialLosses, epoch_batches, lr_at, momenta_from_state, optimizer_state, sgd_groups, sgd_update,
+from .trial import (TrialLosses, epoch_batches, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
                     stream_key)
 
 ENGINES = ("auto", "stacked", "single")
@@ -172,10 +172,8 @@ class StackedSGD:
         return optimizer_state(self.stack.names, [m[k].detach().to("cpu", copy=True) for m in self.momenta],
                                self.configs[k], lr_at(self.configs[k], epochs_done))
 
-    @torch.no_grad()
     def load_trial(self, k: int, optimizer: dict) -> None:
-        for m, saved in zip(self.momenta, momenta_from_state(optimizer, self.stack.names)):
-            m[k].copy_(saved) if saved is not None else m[k].zero_()
+        load_momenta([m[k] for m in self.momenta], optimizer, self.stack.names)
 
 
 # ----------------------------------------------------------------------------- epochs

@@ -25,7 +25,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .model import AlexNet
 from .runfolder import RunFolder, epoch_line, record_failure
-from .trial import TrialLosses, epoch_batches, lr_at, momenta_from_state, optimizer_state, sgd_step
+from .trial import TrialLosses, epoch_batches, load_momenta, lr_at, optimizer_state, sgd_step
 
 
 # The layout the CPU trains in: oneDNN's convs are faster on NHWC weights (~12% of a 224 px step).
@@ -47,9 +47,7 @@ class TrialState:
 
     def load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
-        with torch.no_grad():
-            for m, saved in zip(self.momenta, momenta_from_state(ckpt["optimizer"], self.names)):
-                m.copy_(saved) if saved is not None else m.zero_()
+        load_momenta(self.momenta, ckpt["optimizer"], self.names)
 
     def layout(self, memory_format: torch.memory_format) -> None:
         self.model.to(memory_format=memory_format)

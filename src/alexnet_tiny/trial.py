@@ -187,3 +187,11 @@ def momenta_from_state(state: dict, names: list[str]) -> list[torch.Tensor | Non
     for j, i in enumerate(weights + biases):
         momenta[i] = state["state"].get(j, {}).get("momentum_buffer")
     return momenta
+
+
+@torch.no_grad()
+def load_momenta(momenta: list[torch.Tensor], state: dict, names: list[str]) -> None:
+    """Copy a checkpoint's momenta (`optimizer_state` layout) into `momenta` in place (one trial's
+    tensors, or its slices of a stack); zeros where none was kept."""
+    for m, saved in zip(momenta, momenta_from_state(state, names)):
+        m.copy_(saved) if saved is not None else m.zero_()
