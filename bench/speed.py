@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet_tiny.allocator import retained_heap
-from alexnet_tiny.config import TrainConfig
+from alexnet_tiny.config import PRESETS, TrainConfig
 from alexnet_tiny.data import Split, ensure_dataset, prepare
 from alexnet_tiny.engine import StackedAlexNet, StackedSGD, evaluate_stack, train_stack_epoch
 from alexnet_tiny.errors import UserError
@@ -181,7 +181,7 @@ def copy_bandwidth(device: torch.device, mbytes: int = 256, repeats: int = 5) ->
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
-    """FLOP/s of a large square matmul, the compute floor's yardstick on a GPU."""
+    """FLOP/s of a large square matmul (MKL's sgemm on a CPU): the machine's own compute yardstick."""
     n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     return 2 * n ** 3 / best_seconds(lambda: a @ a, device, repeats)
@@ -402,8 +402,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each pipeline first (default 2)")
     p.add_argument("--eval-images", type=int, default=24,
                    help="images of val and of test evaluated after each epoch (default 24; 0 skips)")
-    p.add_argument("-b", "--batch-size", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="batch size and image size of this train preset (explicit -b / --image-size win)")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="default 12 (the seed's), or the preset's")
+    p.add_argument("--image-size", type=int, default=None, help="default 224, or the preset's")
     p.add_argument("--workers", type=int, default=0, help="baseline DataLoader workers (default 0, as the seed)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     p.add_argument("--stack", type=int, default=1, metavar="K",
@@ -419,6 +421,9 @@ def parse_args(argv=None):
     p.add_argument("--breakdown", type=int, default=0, metavar="ROUNDS",
                    help="instead of timing epochs, time each part of a step alone, ROUNDS rounds")
     args = p.parse_args(argv)
+    shape = PRESETS[args.preset or "seed"]
+    args.batch_size = args.batch_size or shape.batch_size
+    args.image_size = args.image_size or shape.image_size
     for name in ("trials", "epochs", "steps", "batch_size", "stack"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
@@ -489,13 +494,14 @@ def main(argv=None) -> None:
           f"floors: {flops / 1e9:.2f} GFLOP per training image; memory floor {FLOOR_BYTES_PER_PARAM} B x "
           f"{params / 1e6:.1f} M params per step at the measured copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"= {format_duration(floor_s)} for the seed grid ('x floor' = seed grid / that)")
-    if device.type == "cuda":  # on a CPU the BLAS matmul is no yardstick (oneDNN's convolutions outrun MKL's sgemm)
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
-        peak = matmul_rate(device, dtype)
-        grid_flops = SEED_GRID["trials"] * SEED_GRID["epochs"] * SEED_GRID["train_images"] * flops
-        print(f"compute: {str(dtype)[6:]} matmul measured at {peak / 1e12:.1f} TFLOP/s; the engine's training reaches "
-              f"{summaries['engine']['tflops'] * 1e12 / peak:.1%} of it; compute floor of the seed grid "
-              f"{format_duration(grid_flops / peak)}")
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = matmul_rate(device, dtype)
+    grid_flops = SEED_GRID["trials"] * SEED_GRID["epochs"] * SEED_GRID["train_images"] * flops
+    n = 8192 if device.type == "cuda" else 2048
+    print(f"compute: {str(dtype)[6:]} matmul ({n}x{n}) measured at {peak / 1e9:.1f} GFLOP/s in this run; training "
+          f"reaches " + ", ".join(f"{name} {s['tflops'] * 1e3:.1f} GFLOP/s = {s['tflops'] * 1e12 / peak:.0%}"
+                                  for name, s in summaries.items())
+          + f" of it; compute floor of the seed grid {format_duration(grid_flops / peak)}")
     print(f"engine / baseline training img/s: median {statistics.median(ratios):.2f} over {len(ratios)} adjacent pairs "
           f"(range {min(ratios):.2f} to {max(ratios):.2f}); ratio of the medians above "
           f"{summaries['engine']['train_ips'] / summaries['baseline']['train_ips']:.2f}")

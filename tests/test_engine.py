@@ -328,6 +328,20 @@ def test_plan_groups_by_data_stream_and_chunks(tmp_path):
     assert plan_stacks(trials, outs, cpu, 10, max_stack=2) == [[0, 1], [2, 4], [3]]
     assert stream_key(BASE.replace(lr=9, momentum=0.1, nesterov=True, label_smoothing=0.2)) == stream_key(BASE)
     assert stream_key(BASE.replace(mixup=0.2)) != stream_key(BASE)
+    assert stream_key(BASE.replace(init="kaiming")) != stream_key(BASE)  # a stack starts from one set of weights
+
+
+def test_a_stacked_trial_starts_from_the_weights_it_starts_from_alone(dataset, tmp_path):
+    from alexnet_tiny.engine import Stack
+    from alexnet_tiny.runfolder import RunFolder
+    from alexnet_tiny.train import TrialState
+    configs = [BASE.replace(init="kaiming", lr=lr) for lr in (0.1, 0.2)]
+    runs = [RunFolder(c, dataset, tmp_path / c.name(), "cpu", False) for c in configs]
+    stack = Stack(runs, dataset, torch.device("cpu"))
+    alone = TrialState(configs[1], dataset.num_classes, "cpu").model.state_dict()
+    assert all(torch.equal(stack.model.trial_state_dict(1)[n], alone[n]) for n in alone)
+    torch.manual_seed(configs[1].seed)
+    assert not torch.equal(alone["features.0.weight"], AlexNet(dataset.num_classes).state_dict()["features.0.weight"])
 
 
 def test_memory_estimate_and_capacity():
@@ -385,7 +399,7 @@ def test_engine_choice():
 @pytest.mark.slow
 def test_grid_cli_with_the_stacked_engine(small_data, tmp_path):
     grid = tmp_path / "g.toml"
-    grid.write_text('preset = "quick"\nlr = [0.02, 0.01]\nmomentum = [0.9, 0.5]\nepochs = 1\nbatch_size = 32\n')
+    grid.write_text('preset = "quick"\nlr = [0.004, 0.002]\nmomentum = [0.9, 0.5]\nepochs = 1\nbatch_size = 32\n')
     proc = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "g", "--device", "cpu",
                    "--engine", "stacked", "--max-stack", "3", "--no-report", "-q", check=True)
     lines = proc.stderr.splitlines()

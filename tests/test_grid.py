@@ -16,7 +16,7 @@ import pytest
 from alexnet_tiny import cli, runlog
 from alexnet_tiny.config import PRESETS, TrainConfig
 from alexnet_tiny.errors import UserError
-from alexnet_tiny.grid import expand, grid_trials, load_grid_toml, run_grid
+from alexnet_tiny.grid import expand, grid_scheduler, grid_trials, load_grid_toml, run_grid
 from alexnet_tiny.progress import format_duration
 from alexnet_tiny.results import RESULT_COLUMNS, best_row, collect_results, write_results
 from conftest import run_cli
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Two FAST-like trials (64 px, batch 32, 2 epochs): the first diverges, the grid goes on.
 SMALL_GRID = """
 preset = "quick"
-lr = [1e6, 0.01]
+lr = [1e6, 0.004]
 momentum = [0.9]
 gamma = [0.5]
 step_size = [1]
@@ -34,7 +34,8 @@ batch_size = [32]
 epochs = [2]
 image_size = [64]
 """
-SMALL_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0_seed0", "lr0.01_m0.9_g0.5_s1_b32_e2_i64_wd0_seed0"]
+SMALL_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming",
+               "lr0.004_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming"]
 DIVERGING, TRAINED = SMALL_NAMES
 
 
@@ -88,11 +89,12 @@ def test_repository_recipe_cpu_seeds_toml():
 def test_quick_preset_keeps_the_shape():
     name, trials = grid_trials(None)  # the default
     assert name == "quick" and trials == grid_trials("quick")[1]
-    assert len({t.lr for t in trials}) >= 2 and len({t.momentum for t in trials}) >= 2
-    assert len({t.name() for t in trials}) == len(trials)
-    # the train preset `quick`, varied in lr and momentum and cut in epochs only
-    assert all(t.replace(lr=PRESETS["quick"].lr, momentum=PRESETS["quick"].momentum, epochs=PRESETS["quick"].epochs)
-               == PRESETS["quick"] for t in trials)
+    assert len({t.lr for t in trials}) == len(trials) >= 3
+    # the train preset `quick` first, then other learning rates of it, with ASHA on by default
+    assert trials[0] == PRESETS["quick"]
+    assert all(t.replace(lr=PRESETS["quick"].lr) == PRESETS["quick"] for t in trials)
+    assert grid_scheduler("quick") == {"scheduler": "asha", "grace_period": 1, "reduction_factor": 3.0}
+    assert grid_scheduler("seed") is None
 
 
 def test_toml_product_and_order(tmp_path):

@@ -27,7 +27,7 @@ LAYERS = [
     ["checkpoint"],
     ["runlog"],              # run folder file names and TensorBoard tags
     ["model", "transforms"],
-    ["config"],
+    ["asha", "config"],      # asha: the early-stopping rule (Ray Tune's ASHAScheduler, written out)
     ["device"],
     ["data"],
     ["allocator", "progress", "errors"],

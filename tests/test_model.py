@@ -113,3 +113,57 @@ def test_weights_load_into_torchvision(model):
     model.eval(), tv.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), tv(x))
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+def layer_output_stds(model: AlexNet, x: torch.Tensor) -> list[float]:
+    """The std of every conv and linear layer's output (before its ReLU) on the batch x."""
+    stds = []
+    hooks = [m.register_forward_hook(lambda m, a, out: stds.append(out.std().item()))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return stds
+
+
+def test_kaiming_initialisation_keeps_the_signal_that_the_default_loses(embedded_data):
+    """On real images (64 px, normalised), PyTorch's default initialisation shrinks the signal at
+    every layer (conv5's output is 25x smaller than conv1's); the kaiming scheme keeps every conv at
+    the scale of its input (std about 1.4-2.6 here) and starts the logits small but alive."""
+    from alexnet_tiny.data import load_dataset
+    from alexnet_tiny.transforms import eval_batch
+    images = load_dataset(embedded_data, progress=False).splits["train"].images
+    x = eval_batch(images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:128]], 64)
+    torch.manual_seed(0)
+    default = layer_output_stds(AlexNet(10), x)
+    torch.manual_seed(0)
+    kaiming = layer_output_stds(AlexNet(10, init="kaiming"), x)
+    assert default[4] < 0.05 * default[0] and default[-1] < 0.05 * default[0]
+    assert all(0.5 < s < 4 for s in kaiming[:5])  # the five convs
+    assert 0.1 < kaiming[5] < 2 and 0.1 < kaiming[6] < 2 and 0.05 < kaiming[-1] < 1
+    assert kaiming[4] > 20 * default[4] and kaiming[-1] > 10 * default[-1]
+
+
+def test_kaiming_initialisation_draws():
+    torch.manual_seed(0)
+    model = AlexNet(10, init="kaiming")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    fc1, fc2, fc3 = (m for m in model.classifier if isinstance(m, nn.Linear))
+    for m in convs + [fc2]:
+        fan_in = m.weight[0].numel()
+        assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+    assert fc1.weight.std().item() == pytest.approx((2 / 9216) ** 0.5 / 6, rel=0.02)
+    assert fc3.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert all(m.bias.abs().max().item() == 0 for m in convs + [fc1, fc2, fc3])
+    torch.manual_seed(0)
+    again = AlexNet(10, init="kaiming")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    torch.manual_seed(0)
+    default = AlexNet(10, init="torch")
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), AlexNet(10).state_dict().values()))
+    with pytest.raises(ValueError, match="init='xavier'"):
+        AlexNet(10, init="xavier")

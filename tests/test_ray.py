@@ -151,3 +151,34 @@ def test_missing_ray_is_a_one_line_error_naming_the_extra(tmp_path):
     assert line.startswith("alexnet-tiny grid: error: --backend ray needs Ray Tune")
     assert line.endswith("install it with: pip install 'alexnet-tiny[ray]'")
     assert not data.exists() and not out.exists()  # nothing prepared, nothing written
+
+
+ASHA_TOML = """preset = "quick"
+lr = [0.004, 1e-7, 0.002, 2e-7]
+momentum = [0.9]
+gamma = [0.5]
+step_size = [1]
+batch_size = [32]
+epochs = [4]
+image_size = [64]
+"""
+
+
+@pytest.mark.slow
+def test_asha_stops_the_same_trials_on_both_backends(small_data, tmp_path):
+    """The same grid with --scheduler asha, one thread a trial: Ray Tune's own ASHAScheduler and the
+    local backend's rule stop the same trials at the same epochs, and the trials they keep train
+    the same epochs with the same results."""
+    pytest.importorskip("ray")
+    toml = tmp_path / "asha.toml"
+    toml.write_text(ASHA_TOML)
+    outs = {backend: tmp_path / backend for backend in ("ray", "local")}
+    for backend, out in outs.items():
+        run_cli(*grid_args(toml, small_data, out, "--scheduler", "asha", "--backend", backend, "--cpus-per-trial", "1"),
+                env=ENV, check=True)
+    ray_rows, local_rows = read_csv(outs["ray"] / RESULTS_CSV), read_csv(outs["local"] / RESULTS_CSV)
+    assert "stopped" in [r["status"] for r in local_rows], "this grid is built so that ASHA stops a trial"
+    assert [without(r, TIMING_KEYS) for r in ray_rows] == [without(r, TIMING_KEYS) for r in local_rows]
+    for row in local_rows:
+        ray_metrics, local_metrics = (runlog.read_metrics(out / row["trial"]) for out in outs.values())
+        assert [without(r, TIMING_KEYS) for r in ray_metrics] == [without(r, TIMING_KEYS) for r in local_metrics]

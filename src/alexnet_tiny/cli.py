@@ -22,7 +22,8 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
     helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs",
              "weight_decay": "on conv and linear weights, not biases", "schedule": "step or cosine",
              "warmup_epochs": "linear warmup epochs (cosine schedule)", "augment": "crop or rrc (random resized crop)",
-             "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)"}
+             "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
+             "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)"}
     kinds = {"float": float, "int": int, "str": str}
     for name in HYPERPARAMETERS:
         flag = "--" + name.replace("_", "-")
@@ -86,16 +87,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """--time-budget: 90, 90s, 5m, 1.5h -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise UserError(f"--time-budget {text}: expected a duration > 0 such as 300, 300s, 5m or 1.5h")
+    return seconds
+
+
 def cmd_grid(args) -> int:
-    from .grid import grid_trials, run_grid
+    from .grid import grid_scheduler, grid_trials, run_grid
     from .results import best_row, summary
     name, trials = grid_trials(args.preset, args.config)
     out = Path(args.out or f"runs/{name}")
     t0 = time.time()
     ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+    scheduler = grid_scheduler(None if args.config else name, args.scheduler, args.grace_period, args.reduction_factor)
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
                     progress=not args.quiet, log=log, ray_options=ray_options, engine=args.engine,
-                    max_stack=args.max_stack, precision=args.precision)
+                    max_stack=args.max_stack, precision=args.precision, scheduler=scheduler, time_budget=budget)
     if not args.no_report:
         from .report import write_report
         write_report(out, progress=not args.quiet, log=log)
@@ -171,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="local (this machine) or ray")
     add_engine_flag(p)
+    p.add_argument("--scheduler", default=None, choices=["none", "asha"],
+                   help="asha: stop trials whose validation accuracy trails at rungs (epochs grace period x "
+                        "reduction factor^k), as Ray Tune's ASHAScheduler (default: the preset's, else none)")
+    p.add_argument("--grace-period", type=int, default=None, metavar="EPOCHS",
+                   help="asha: epochs before the first rung (default 1)")
+    p.add_argument("--reduction-factor", type=float, default=None, metavar="F",
+                   help="asha: rung spacing, and the fraction 1/F of trials kept at each (default 2)")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="start no epoch that would end after this much wall time (e.g. 300, 5m, 1.5h); the grid "
+                        "ends resumable, with its results and report")
     p.add_argument("--max-stack", type=int, default=None, metavar="N",
                    help="stacked engine: at most N trials at once (default: as many as fit in memory)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")

@@ -40,7 +40,7 @@ from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
 from .model import AlexNet, dropout_mask
 from .runfolder import RunFolder, epoch_line
 from .transforms import eval_batch
-from .trial import (TrialLosses, epoch_batches, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
+from .trial import (UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
                     stream_key)
 
 ENGINES = ("auto", "stacked", "single")
@@ -292,7 +292,7 @@ class Stack:
         self.runs, self.dataset, self.device = runs, dataset, device
         configs = [r.config for r in runs]
         torch.manual_seed(configs[0].seed)  # every trial starts from the weights it would start from alone
-        self.model = StackedAlexNet(AlexNet(dataset.num_classes), len(runs), device)
+        self.model = StackedAlexNet(AlexNet(dataset.num_classes, init=configs[0].init), len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
         self.loss_fn = TrialLosses([c.label_smoothing for c in configs], device)
@@ -378,9 +378,11 @@ def open_runs(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], de
 
 def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device, resume: bool = True,
                 progress: bool = True, log=print, callback=None,
-                checkpoint_seconds: float = CHECKPOINT_SECONDS, precision: str = "fp32") -> list[dict]:
+                checkpoint_seconds: float = CHECKPOINT_SECONDS, precision: str = "fp32", until: int | None = None,
+                budget: Budget = UNLIMITED) -> list[dict]:
     """Train trials that share one data stream (same stream_key, same epoch to resume from) together
-    into their run folders; returns their records, as config.json holds them."""
+    into their run folders, up to epoch `until` within `budget` (as `train`); returns their records,
+    as config.json holds them."""
     if len({stream_key(c) for c in configs}) != 1:
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
     device = torch.device(device)
@@ -395,32 +397,38 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
         torch.backends.cudnn.benchmark = True  # two batch shapes per epoch, the same for every epoch
         torch.cuda.reset_peak_memory_stats(device)
     epochs = stack.runs[0].config.epochs
+    last = last_epoch(stack.runs[0].config, until)
     t_start = last_save = time.perf_counter()
     for r in stack.runs:
         r.open()
     try:
-        for epoch in range(start, epochs + 1):
+        for epoch in range(start, last + 1):
+            if not budget.allows_epoch():
+                break
             t0 = time.perf_counter()
             with autocast(device, precision):
                 tr, val, test = stack.train_epoch(epoch, progress)
             seconds = time.perf_counter() - t0
+            budget.spent(seconds)
             for k, record in stack.end_epoch(epoch, tr, val, test, seconds):
                 records[todo[k]] = record
             if not stack.live:
                 break
             log(stack.line(epoch, tr, val, test, seconds))
-            if epoch == epochs or time.perf_counter() - last_save >= checkpoint_seconds:
+            ending = epoch == last or not budget.allows_epoch()
+            if ending or time.perf_counter() - last_save >= checkpoint_seconds:
                 for k in stack.live:
                     stack.save(k)
                 last_save = time.perf_counter()
             if callback is not None:
                 callback(stack.runs[stack.live[0]].row)
         for k in stack.live:
-            records[todo[k]] = stack.runs[k].finish()
+            run = stack.runs[k]
+            records[todo[k]] = run.finish() if run.epochs_done == epochs else run.record(runlog.STATUS_RUNNING)
     finally:
         for r in stack.runs:
             r.close()
     if len(stack.runs) > 1:
-        log(f"stack of {len(stack.runs)} trials: epochs {start}-{epochs} in {time.perf_counter() - t_start:.0f}s, "
+        log(f"stack of {len(stack.runs)} trials: epochs {start}-{max(r.epochs_done for r in stack.runs)} in {time.perf_counter() - t_start:.0f}s, "
             f"peak memory {peak_memory_gb(device):.1f} GB on {device}")
     return records

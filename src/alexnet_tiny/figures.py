@@ -54,9 +54,13 @@ def results_table(header: list[str], cells: list[list[str]], best: int | None, t
     return _save(fig, path)
 
 
-def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best: str | None, path: Path) -> Path:
+def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best: str | None, path: Path,
+                    stopped: dict[str, int] | None = None) -> Path:
     """2 x 2 panels (train/val x loss/accuracy) per epoch; `curves` maps a trial label to
-    {"train_loss": [(epoch, value)], "val_loss": ..., "train_accuracy": ..., "val_accuracy": ...}."""
+    {"train_loss": [(epoch, value)], "val_loss": ..., "train_accuracy": ..., "val_accuracy": ...}.
+    `stopped` maps the labels of trials stopped early to their last epoch: their curves end in a
+    cross there and their legend entry says so."""
+    stopped = stopped or {}
     panels = [("train_loss", "Training loss", "cross-entropy loss"),
               ("val_loss", "Validation loss", "cross-entropy loss"),
               ("train_accuracy", "Training accuracy", "accuracy"),
@@ -73,11 +77,16 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best:
                 continue
             epochs, values = zip(*points)
             is_best = label == best
-            text = textwrap.fill(("best: " + label) if is_best else label, 60)
-            ax.plot(epochs, values, label=text,
-                    color=BEST_COLOUR if is_best else colours(i % colours.N), linewidth=3 if is_best else 1.3,
+            text = ("best: " + label) if is_best else label
+            if label in stopped:
+                text += f" (stopped at epoch {stopped[label]})"
+            colour = BEST_COLOUR if is_best else colours(i % colours.N)
+            ax.plot(epochs, values, label=textwrap.fill(text, 60), color=colour, linewidth=3 if is_best else 1.3,
                     alpha=1 if is_best else 0.7, marker="o" if len(points) <= 15 else None,
                     markersize=5 if is_best else 3, zorder=3 if is_best else 2)
+            if label in stopped:
+                ax.plot(epochs[-1], values[-1], marker="X", markersize=11, color=colour, markeredgecolor="black",
+                        linestyle="none", zorder=4)
         ax.set_title(title, fontsize=12)
         if key.startswith("train"):
             ax.set_ylabel(ylabel)
@@ -96,7 +105,9 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best:
         fig.subplots_adjust(bottom=0.08 + 0.03 * rows)
     else:
         fig.text(0.5, 0.5, "no scalars found in any trial", ha="center", fontsize=14)
-    fig.suptitle("Learning curves (every trial; best by validation accuracy in red)", fontsize=14, fontweight="bold")
+    title = "Learning curves (every trial; best by validation accuracy in red"
+    title += "; X: stopped early by the scheduler)" if stopped else ")"
+    fig.suptitle(title, fontsize=14, fontweight="bold")
     return _save(fig, path)
 
 

@@ -16,25 +16,30 @@ from pathlib import Path
 import torch
 
 from . import runlog
+from .asha import SCHEDULERS, Asha
 from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce
 from .data import Dataset, ensure_dataset, write_json
 from .device import check_precision, resolve_device, synchronize
 from .engine import StackedAlexNet, StackedSGD, plan_stacks, resolve_engine
+from .allocator import retained_heap
 from .errors import UserError
-from .model import AlexNet
+from .model import AlexNet, count_parameters
 from .progress import format_duration, progress_bar
 from .results import collect_results, write_results
+from .runfolder import record_stop
 from .train import CPU_TRAINING_LAYOUT, TrialState, run_trials
 from .transforms import train_batch
-from .trial import TrialLosses
+from .trial import UNLIMITED, Budget, TrialLosses
 
 BACKENDS = ("local", "ray")
+CHECKPOINT_BYTES_PER_SECOND = 5e8  # atomic torch.save of a trial's checkpoints: 1.1-1.8 s for 684 MB measured
 
 GRID_PRESETS: dict[str, dict] = {
     # The original study: 3 learning rates x 2 momenta x 2 gammas, batch 12, 35 epochs at 224.
     "seed": {"preset": "seed", "lr": [0.0001, 0.001, 0.005], "momentum": [0.9, 0.5], "gamma": [0.1, 0.01]},
-    # Same shape, sized for a 2-core CPU: several learning rates and momenta at 64x64, a few epochs.
-    "quick": {"preset": "quick", "lr": [0.02, 0.01], "momentum": [0.9, 0.5], "epochs": [3]},
+    # Sized for 5 minutes on a 2-core CPU: the quick preset at three learning rates, its own first,
+    # with ASHA (GRID_SCHEDULERS) stopping the others after one epoch when they trail it.
+    "quick": {"preset": "quick", "lr": [0.004, 0.001, 0.016]},
     # The recipe's ablation (a GPU job): the full recipe, then each ingredient removed or added alone,
     # over three seeds.
     "recipe": {"preset": "recipe", "seed": [0, 1, 2], "variant": [
@@ -91,6 +96,28 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
     return trials
 
 
+# Grid presets that stop trials early by default (--scheduler none turns it off).
+GRID_SCHEDULERS: dict[str, dict] = {"quick": {"grace_period": 1, "reduction_factor": 3.0}}
+ASHA_DEFAULTS = {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2.0}
+
+
+def grid_scheduler(preset: str | None, scheduler: str | None = None, grace_period: int | None = None,
+                   reduction_factor: float | None = None) -> dict | None:
+    """The scheduler settings of a grid: the flags given, on top of the grid preset's (None for a TOML
+    grid) or ASHA's defaults."""
+    base = GRID_SCHEDULERS.get(preset) if scheduler is None and preset else None
+    if scheduler == "asha" or (base and scheduler is None):
+        settings = {**ASHA_DEFAULTS, **(base or {})}
+        if grace_period is not None:
+            settings["grace_period"] = grace_period
+        if reduction_factor is not None:
+            settings["reduction_factor"] = float(reduction_factor)
+        return settings
+    if grace_period is not None or reduction_factor is not None:
+        raise UserError("--grace-period and --reduction-factor need --scheduler asha")
+    return None
+
+
 def grid_trials(preset: str | None = None, config: Path | str | None = None) -> tuple[str, list[TrainConfig]]:
     """(grid name, trials) from --preset or --config."""
     if config is not None:
@@ -103,9 +130,13 @@ def grid_trials(preset: str | None = None, config: Path | str | None = None) -> 
 
 # ----------------------------------------------------------------------------- estimate
 
+@retained_heap()  # as train_one_epoch: fresh gradients reuse freed memory
 def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int = 3, stack: int = 1) -> float:
     """Training images per second for this config on this device, from a few real steps of the loop
-    that will run; with stack > 1, trial-images per second of that many trials stacked by the engine."""
+    that will run; with stack > 1, trial-images per second of that many trials stacked by the engine.
+    Each step takes other images drawn from the whole training split, as an epoch does (the split is
+    sorted by class: a batch of one class, trained on again and again, soon has gradients so small
+    that denormal arithmetic slows the step several times)."""
     dev = torch.device(device)
     if stack > 1:
         model = StackedAlexNet(AlexNet(dataset.num_classes), stack, dev)
@@ -119,12 +150,14 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
         step = partial(state.step, config.lr)
     loss_fn = TrialLosses([config.label_smoothing] * stack, dev)
     gen = torch.Generator().manual_seed(0)
-    images = dataset.splits["train"].images[:config.batch_size].to(dev)
-    labels = dataset.splits["train"].labels[:config.batch_size].to(dev)
+    split, b = dataset.splits["train"], config.batch_size
+    order = torch.randperm(len(split), generator=gen).repeat(1 + b * (steps + 1) // len(split))
     for i in range(steps + 1):
         if i == 1:
             synchronize(dev)
             t0 = time.perf_counter()
+        idx = order[i * b:(i + 1) * b]
+        images, labels = split.images[idx].to(dev), split.labels[idx].to(dev)
         out = model(train_batch(images, config.image_size, gen))
         loss = loss_fn(out if stack > 1 else out.unsqueeze(0), labels).sum()
         optimizer.zero_grad()
@@ -134,32 +167,57 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
     return stack * steps * len(labels) / (time.perf_counter() - t0)
 
 
-def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device) -> float:
+def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, out: Path | None = None,
+                     planned: dict[str, int] | None = None, rates: dict | None = None) -> float:
     """Train images / measured rate, plus evaluation (about a third of a training step per image),
-    for trials run in these stacks (lists of one trial each when trained one at a time)."""
+    for trials run in these stacks (lists of one trial each when trained one at a time), each to
+    its last epoch or to `planned[name]`, counting only the epochs a resume still has to run when
+    `out` holds their run folders. `rates` caches the measured throughputs between calls. On the
+    CPU every trial-epoch also writes best.pt and last.pt (weights three times over, with the
+    momenta): CHECKPOINT_BYTES_PER_SECOND of them."""
+    planned = planned or {}
+    rates = {} if rates is None else rates
     n_train, n_eval = len(dataset.splits["train"]), len(dataset.splits["val"]) + len(dataset.splits["test"])
-    rates = {}
+    checkpoint_seconds = 0.0
+    if torch.device(device).type == "cpu":
+        checkpoint_seconds = 3 * 4 * count_parameters(AlexNet(dataset.num_classes)) / CHECKPOINT_BYTES_PER_SECOND
     total = 0.0
     for group in stacks:
         t = group[0]
         key = (t.batch_size, t.image_size, len(group))
         if key not in rates:
             rates[key] = measure_throughput(t, dataset, device, stack=len(group))
-        total += t.epochs * (n_train + n_eval / 3) * len(group) / rates[key]
+        left = sum(max(0, planned.get(c.name(), c.epochs) - (epochs_done(out, c) if out is not None else 0))
+                   for c in group)
+        total += left * ((n_train + n_eval / 3) / rates[key] + checkpoint_seconds)
     return total
 
 
 # ----------------------------------------------------------------------------- running
 
-def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool) -> None:
+def make_scheduler(scheduler: dict | None, trials: list[TrainConfig]) -> Asha | None:
+    if not scheduler or scheduler.get("scheduler", "none") == "none":
+        return None
+    kind = scheduler["scheduler"]
+    if kind not in SCHEDULERS:
+        raise UserError(f"--scheduler {kind}: expected one of {', '.join(SCHEDULERS)}")
+    return Asha(max(t.epochs for t in trials), scheduler.get("grace_period", 1), scheduler.get("reduction_factor", 2.0))
+
+
+def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool, asha: Asha | None) -> None:
     path = out / runlog.GRID_FILE
     names = [t.name() for t in trials]
     if path.exists():
-        previous = json.loads(path.read_text()).get("trials", [])
+        grid = json.loads(path.read_text())
+        previous = grid.get("trials", [])
         if not resume:
             raise UserError(f"{out}: grid folder already exists; add --resume to continue it or choose another --out")
         if [t["name"] for t in previous] != names:
             raise UserError(f"{out}: holds a different grid; resume it with the same --preset/--config or choose another --out")
+        scheduler = asha.to_dict() if asha else None
+        if grid.get("scheduler") != scheduler:
+            raise UserError(f"{out}: was run with scheduler {grid.get('scheduler')}; resume it with the same "
+                            f"--scheduler, --grace-period and --reduction-factor (not {scheduler})")
     elif out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"{out}: exists and is not a grid folder; choose another --out")
 
@@ -179,29 +237,78 @@ def plan_groups(todo: list[TrainConfig], out: Path, dataset: Dataset, dev: torch
 
 
 def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[list[TrainConfig]], dataset: Dataset,
-             dev, estimate: bool, log) -> None:
+             dev, estimate: bool, log, out: Path | None = None, asha: Asha | None = None,
+             time_budget: float | None = None) -> None:
     """The grid's first lines: trial count, the duration measured on this device, the stacks."""
     line = f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)"
     if estimate and todo:
-        eta = estimate_seconds(groups, dataset, dev)
+        planned = dict(zip((t.name() for t in trials), asha.planned_epochs([t.epochs for t in trials]))) if asha else None
+        rates = {}
+        eta = estimate_seconds(groups, dataset, dev, out, planned, rates)
         warn = " -- many hours on a CPU: consider a GPU or --preset quick" if eta > 3 * 3600 else ""
         line += f", estimated {format_duration(eta)} on {dev}{warn}"
+        if asha:
+            line += (f" if ASHA stops the planned share of trials (at most "
+                     f"{format_duration(estimate_seconds(groups, dataset, dev, out, rates=rates))} if it stops none)")
+        if time_budget is not None and time_budget < eta:
+            line += f"; the time budget ends it after {format_duration(time_budget)}"
+    if asha:
+        line += (f"; ASHA judges trials at epoch{'s' * (len(asha.rungs) != 1)} {', '.join(map(str, asha.rungs))} "
+                 f"(reduction factor {asha.reduction_factor:g})" if asha.rungs else "; ASHA has no rung below the "
+                 "last epoch (use more epochs or a smaller --grace-period)")
     log(line)
     if any(len(g) > 1 for g in groups):
         log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
 
 
-def run_local(groups: list[list[TrainConfig]], trials: list[TrainConfig], out: Path, dataset: Dataset, dev,
-              engine: str, precision: str, progress: bool, log) -> None:
-    """Each group in turn (a stack, or one trial), results.csv/md rewritten after each."""
-    bar = progress_bar(total=len(trials), initial=len(trials) - sum(map(len, groups)), desc="trials", unit="trial",
-                       enabled=progress, position=1)
+def epochs_done(out: Path, trial: TrainConfig) -> int:
+    return (runlog.read_config(out / trial.name()) or {}).get("epochs_done", 0)
+
+
+def val_at(out: Path, trial: TrainConfig, epoch: int) -> float | None:
+    """A trial's validation accuracy at `epoch`, from its metrics.jsonl (None if it did not get there)."""
+    return next((r["val_accuracy"] for r in runlog.epoch_rows(runlog.read_metrics(out / trial.name()))
+                 if r["epoch"] == epoch), None)
+
+
+def judge_rung(asha: Asha, trials: list[TrainConfig], out: Path, rung: int, log) -> None:
+    """ASHA's decision at `rung` for every trial that reached it, in grid order; a trial still
+    running there is marked stopped (one already stopped there, on a resume, stays so)."""
+    for t in trials:
+        value = val_at(out, t, rung)
+        if value is None:
+            continue
+        reason = asha.judge(t.name(), rung, value)
+        rec = runlog.read_config(out / t.name())
+        if reason and rec["status"] == runlog.STATUS_RUNNING and rec["epochs_done"] == rung:
+            record_stop(out / t.name(), reason)
+            log(f"{t.name()}: {reason}")
+
+
+def run_local(trials: list[TrainConfig], out: Path, dataset: Dataset, dev, engine: str, max_stack: int | None,
+              precision: str, progress: bool, log, asha: Asha | None = None, budget: Budget = UNLIMITED) -> None:
+    """Every unfinished trial to its last epoch, a group at a time (a stack, or one trial), results.csv/md
+    rewritten after each. With `asha`: every live trial to the first rung, judged there in grid order,
+    then the survivors to the next rung, and so on. Ends early, resumable, when `budget` runs out."""
+    bar = progress_bar(total=len(trials), desc="trials", unit="trial", enabled=progress, position=1)
+    failed: set[str] = set()  # trials that crashed in this call: not retried until the next --resume
     try:
-        for group in groups:
-            run_trials(group, dataset, [out / c.name() for c in group], dev, progress, log=log, engine=engine,
-                       precision=precision)
-            write_results(out, collect_results(out, trials))
-            bar.update(len(group))
+        for until in (asha.rungs if asha else []) + [None]:
+            todo = [t for t in todo_trials(out, trials) if t.name() not in failed
+                    and (until is None or epochs_done(out, t) < until)]
+            for group in plan_groups(todo, out, dataset, dev, engine, max_stack):
+                bar.n = len(trials) - len(todo_trials(out, trials))
+                bar.refresh()
+                records = run_trials(group, dataset, [out / c.name() for c in group], dev, progress, log=log,
+                                     engine=engine, precision=precision, until=until, budget=budget)
+                failed |= {c.name() for c, r in zip(group, records) if r["status"] == runlog.STATUS_FAILED}
+                write_results(out, collect_results(out, trials))
+                if budget.reached:
+                    return
+            if until is not None:
+                judge_rung(asha, trials, out, until, log)
+        bar.n = len(trials) - len(todo_trials(out, trials))
+        bar.refresh()
     finally:
         bar.close()
 
@@ -209,11 +316,16 @@ def run_local(groups: list[list[TrainConfig]], trials: list[TrainConfig], out: P
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
              backend: str = "local", progress: bool = True, log=print, ray_options: dict | None = None,
              estimate: bool = True, engine: str = "auto", max_stack: int | None = None,
-             precision: str = "fp32") -> list[dict]:
+             precision: str = "fp32", scheduler: dict | None = None, time_budget: float | None = None) -> list[dict]:
     """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md.
     engine (local backend): "stacked" trains trials that share a data stream together (engine.py),
-    "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack."""
+    "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack.
+    scheduler: {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2} stops trials early
+    (asha.py), None runs every trial to its end. time_budget: seconds after which no epoch starts
+    (the grid ends resumable)."""
     out = Path(out)
+    asha = make_scheduler(scheduler, trials)
+    budget = Budget(time_budget)
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if backend == "ray":
@@ -221,21 +333,26 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the Ray backend trains in fp32 only")
     check_precision(precision)
-    _check_grid_folder(out, trials, resume)
+    _check_grid_folder(out, trials, resume, asha)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / runlog.GRID_FILE, {"trials": [{"name": t.name(), "config": t.to_dict()} for t in trials],
-                                 "dataset": str(dataset.root)})
+                                        "dataset": str(dataset.root), "scheduler": asha.to_dict() if asha else None})
     todo = todo_trials(out, trials)
     if backend == "ray":
-        announce(trials, todo, [[t] for t in todo], dataset, torch.device("cpu"), estimate, log)
-        run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log)
+        announce(trials, todo, [[t] for t in todo], dataset, torch.device("cpu"), estimate, log, out, asha, time_budget)
+        out_of_time = run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log,
+                                        asha=asha, trials=trials, time_budget=time_budget)
     else:
         dev = resolve_device(device)
         engine = resolve_engine(engine, dev, log)
         groups = plan_groups(todo, out, dataset, dev, engine, max_stack)
-        announce(trials, todo, groups, dataset, dev, estimate, log)
-        run_local(groups, trials, out, dataset, dev, engine, precision, progress, log)
+        announce(trials, todo, groups, dataset, dev, estimate, log, out, asha, time_budget)
+        run_local(trials, out, dataset, dev, engine, max_stack, precision, progress, log, asha, budget)
+        out_of_time = budget.reached
+    if out_of_time:
+        log(f"grid: time budget of {format_duration(time_budget)} reached; {len(todo_trials(out, trials))} "
+            f"trial(s) unfinished, continue with --resume")
     rows = collect_results(out, trials)
     write_results(out, rows)
     return rows

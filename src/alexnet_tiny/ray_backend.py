@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from . import runlog
+from .asha import Asha
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import UserError
 from .progress import format_duration
-from .runfolder import record_failure
+from .runfolder import record_failure, record_stop
 from .train import run_trials
 
 INSTALL_HINT = "pip install 'alexnet-tiny[ray]'"
@@ -45,18 +46,38 @@ if tuple(int(p) for p in ray.__version__.split(".")[:2]) < MIN_RAY:
 # result fetching reads), its Ctrl-C handler (it ends the experiment as if it had finished; we want
 # KeyboardInterrupt, then `grid ... --resume`) and the new console output, whose experiment box
 # prints even at verbose=0.
-TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+# Strict metric checking is off too: a trial that diverges in its first epoch reports no epoch, and
+# Tune would call its final result (which lacks val_accuracy) an error of the scheduler's.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 # Defaults only, the user's own setting wins: a Ray instance we start does not send usage statistics.
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def train_trial(tune_config: dict, data_root: str, out: str, device: str, threads: int) -> None:
-    """The Tune function trainable: one grid trial into out/<name>, each epoch's metrics reported to Tune."""
+def train_trial(tune_config: dict, data_root: str, out: str, device: str, threads: int, replay: bool = False) -> None:
+    """The Tune function trainable: one grid trial into out/<name>, each epoch's metrics reported to Tune.
+    With `replay` (a scheduler that judges trials by their history), the epochs the run folder already
+    holds are reported first, so that a resumed grid's scheduler sees what an uninterrupted one saw;
+    a finished trial only replays."""
     torch.set_num_threads(threads)
+    config = TrainConfig.from_dict(tune_config["trial"]["config"])
+    run = Path(out) / config.name()
+    if replay:
+        record = runlog.read_config(run) or {}
+        for row in runlog.epoch_rows(runlog.read_metrics(run))[:record.get("epochs_done", 0)]:
+            tune.report(row)
+        if record.get("status") in runlog.FINISHED:
+            return
     # load_dataset, not ensure_dataset: a worker that cannot see the data folder must fail, not prepare another
     dataset = load_dataset(data_root, progress=False)
-    config = TrainConfig.from_dict(tune_config["trial"]["config"])
-    run_trials([config], dataset, [Path(out) / config.name()], device, progress=False, log=print, callback=tune.report)
+    # Tune reports synchronously: a trial its scheduler stops ends inside tune.report (the epoch it
+    # reports is saved by then). The last epoch is reported once the run folder says done, since
+    # ASHA stops every trial at its last epoch.
+    last = []
+    run_trials([config], dataset, [run], device, progress=False, log=print,
+               callback=lambda row: last.append(row) if row["epoch"] == config.epochs else tune.report(row))
+    for row in last:
+        tune.report(row)
 
 
 def trial_name(trial) -> str:
@@ -69,16 +90,24 @@ class GridProgress(tune.Callback):
     the time left, from the epochs still to run and the rate at which this run has run them so far
     (all trials together, so it counts the trials running side by side)."""
 
-    def __init__(self, out: Path, todo: list[TrainConfig], progress: bool, log):
+    def __init__(self, out: Path, todo: list[TrainConfig], progress: bool, log, asha: Asha | None = None):
         self.out, self.total, self.progress, self.log = out, len(todo), progress, log
-        self.epochs_left = {t.name(): t.epochs - (runlog.read_config(out / t.name()) or {}).get("epochs_done", 0)
-                            for t in todo}
+        self.asha = asha  # a copy of the rule Tune's ASHAScheduler applies, for the reason a trial stopped
+        self.stops: dict[str, tuple[int, str]] = {}  # trial -> (epoch, reason) where the rule stops it
+        self.done_before = {t.name(): (runlog.read_config(out / t.name()) or {}).get("epochs_done", 0) for t in todo}
+        self.epochs_left = {t.name(): t.epochs - self.done_before[t.name()] for t in todo}
         self.finished, self.epochs_run, self.start = 0, 0, time.time()
         self.user_errors: list[str] = []  # "name: message" of UserErrors raised inside trials
         self.unseen: list[str] = []  # trials that finished on a worker whose run folder the driver cannot see
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epochs = trial.config["trial"]["config"]["epochs"]
+        if self.asha is not None and result["epoch"] in self.asha.rungs:
+            reason = self.asha.judge(trial_name(trial), result["epoch"], result["val_accuracy"])
+            if reason:
+                self.stops[trial_name(trial)] = (result["epoch"], reason)
+        if result["epoch"] <= self.done_before[trial_name(trial)]:
+            return  # an epoch replayed from the run folder (asha on a resumed grid)
         self.epochs_left[trial_name(trial)] = epochs - result["epoch"]
         self.epochs_run += 1
         if self.progress:
@@ -93,6 +122,9 @@ class GridProgress(tune.Callback):
             self.unseen.append(name)
             status = "finished on a worker, but its run folder is not visible here"
         else:
+            epoch, reason = self.stops.get(name, (None, None))
+            if rec["status"] == runlog.STATUS_RUNNING and rec["epochs_done"] == epoch:  # ASHA stopped it
+                rec = record_stop(self.out / name, reason)
             status = rec["status"] + (f" ({rec['reason']})" if rec.get("reason") else "")
             if rec.get("best_val_accuracy") is not None:
                 status += f", best val {rec['best_val_accuracy']:.3f}"
@@ -202,31 +234,49 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, local: bool, l
 
 def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path | str, address: str | None = None,
                       cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True,
-                      log=print) -> None:
+                      log=print, asha: Asha | None = None, trials: list[TrainConfig] | None = None,
+                      time_budget: float | None = None, max_concurrent: int | None = None) -> bool:
     """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out`.
     Trial outcomes are in the run folders (as with the local backend); a trial whose worker died is
-    recorded as failed; a UserError inside trials (e.g. a data folder a node cannot see) is raised here."""
+    recorded as failed; a UserError inside trials (e.g. a data folder a node cannot see) is raised here.
+
+    With `asha`, Tune's own ASHAScheduler stops trials, and every trial of the grid (`trials`) runs,
+    one at a time in grid order unless `max_concurrent` says otherwise: the finished ones only
+    replay their epochs to it, so a resumed grid is judged as an uninterrupted one (asha.py).
+    time_budget: Tune's time_budget_s (the trials left running continue on --resume).
+    Returns True when the time budget ended the run."""
     if not todo:
-        return
+        return False
+    if asha is not None:
+        todo = trials or todo
+        max_concurrent = max_concurrent or 1
     out, data_root = Path(out).resolve(), Path(data_root).resolve()  # workers run in other directories
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     with quiet_tune(), ray_session(address, log) as local:
         check_resources(cpus_per_trial, gpus_per_trial, local, log)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data_root=str(data_root), out=str(out), device=device,
-                                 threads=max(1, int(cpus_per_trial))),
+                                 threads=max(1, int(cpus_per_trial)), replay=asha is not None),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        progress_cb = GridProgress(out, todo, progress, log)
+        progress_cb = GridProgress(out, todo, progress, log, Asha(**asha.settings()) if asha else None)
+        scheduler = None
+        if asha is not None:
+            from ray.tune.schedulers import ASHAScheduler
+            scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=asha.max_t,
+                                      grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([{"name": t.name(), "config": t.to_dict()} for t in todo])},
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        scheduler=scheduler, max_concurrent_trials=max_concurrent,
+                                        time_budget_s=time_budget),
             run_config=tune.RunConfig(
                 name=time.strftime("grid-%Y%m%d-%H%M%S"), storage_path=str(out / TUNE_STORAGE), verbose=0,
                 callbacks=[progress_cb, JsonLoggerCallback()], log_to_file=True,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         t0 = time.time()
         tuner.fit()
+        out_of_time = time_budget is not None and time.time() - t0 >= time_budget
     statuses = [(runlog.read_config(out / t.name()) or {}).get("status", "no run folder") for t in todo]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     log(f"ray: {len(todo)} trial{'s' * (len(todo) != 1)} in {time.time() - t0:.0f}s: {counts}")
@@ -236,4 +286,5 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
     if progress_cb.unseen:
         raise UserError(f"{out}: trial {progress_cb.unseen[0]} finished on a Ray worker but its run folder is not "
                         f"here; on a multi-node cluster --out and --data must be on storage every node shares")
+    return out_of_time
 

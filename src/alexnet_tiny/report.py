@@ -222,8 +222,10 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
     labels = trial_labels(trials)
     curves = {labels[t.name]: t.scalars for t in trials if t.scalars}
     if curves:
+        stopped = {labels[t.name]: t.record["epochs_done"] for t in trials
+                   if t.scalars and (t.record or {}).get("status") == runlog.STATUS_STOPPED}
         made["curves"] = figures.learning_curves(curves, labels[best["trial"]] if best else None,
-                                                 out / FIGURES["curves"]).name
+                                                 out / FIGURES["curves"], stopped).name
     if evaluation is not None:
         label = labels[best["trial"]]
         test = evaluation["test"]

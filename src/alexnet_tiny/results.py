@@ -44,9 +44,10 @@ def collect_results(out: Path, trials: list[TrainConfig]) -> list[dict]:
 
 def best_row(rows: list[dict], finished_only: bool = True) -> dict | None:
     """Best trial by validation accuracy alone (never test); ties go to the earlier trial. Only
-    finished trials (status done) count unless `finished_only` is False."""
+    finished trials (status done, or stopped early by the scheduler) count unless `finished_only`
+    is False."""
     scored = [r for r in rows if r.get("best_val_accuracy") is not None
-              and (r["status"] == runlog.STATUS_DONE or not finished_only)]
+              and (r["status"] in (runlog.STATUS_DONE, runlog.STATUS_STOPPED) or not finished_only)]
     return max(scored, key=lambda r: r["best_val_accuracy"], default=None)
 
 

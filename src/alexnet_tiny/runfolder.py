@@ -64,6 +64,16 @@ def record_failure(config: TrainConfig, run: Path, reason: str) -> dict:
     return rec
 
 
+def record_stop(run: Path, reason: str) -> dict:
+    """Mark a trial stopped early (by the grid's scheduler) after its last checkpointed epoch: its
+    epochs, checkpoints and logs stay as they are, so it is read like any finished trial."""
+    rec = runlog.read_config(run)
+    rec.update(status=runlog.STATUS_STOPPED, reason=reason)
+    runlog.append_metrics(run, {"epoch": rec["epochs_done"], "status": runlog.STATUS_STOPPED, "reason": reason})
+    runlog.write_config(run, rec)
+    return rec
+
+
 def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | None:
     previous = runlog.read_config(out)
     if previous is None:

@@ -26,7 +26,8 @@ TAGS = {
 HPARAM_METRICS = {"best_val_accuracy": "hparams/best_val_accuracy", "test_accuracy_at_best": "hparams/test_accuracy_at_best"}
 
 STATUS_RUNNING, STATUS_DONE, STATUS_DIVERGED, STATUS_FAILED = "running", "done", "diverged", "failed"
-FINISHED = (STATUS_DONE, STATUS_DIVERGED)  # a resume skips these; any other status continues from last.pt
+STATUS_STOPPED = "stopped"  # ended early at a rung by the grid's scheduler (asha.py)
+FINISHED = (STATUS_DONE, STATUS_DIVERGED, STATUS_STOPPED)  # a resume skips these; others continue from last.pt
 
 
 def read_config(run: Path) -> dict | None:

@@ -24,8 +24,9 @@ from .engine import resolve_engine, train_stack
 from .errors import UserError
 from .evaluate import evaluate
 from .model import AlexNet
+from .runlog import STATUS_RUNNING
 from .runfolder import RunFolder, epoch_line, record_failure
-from .trial import TrialLosses, epoch_batches, load_momenta, lr_at, optimizer_state, sgd_step
+from .trial import UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_step
 
 
 # The layout the CPU trains in: oneDNN's convs are faster on NHWC weights (~12% of a 224 px step).
@@ -41,7 +42,7 @@ class TrialState:
     def __init__(self, config: TrainConfig, num_classes: int, device):
         self.config = config
         torch.manual_seed(config.seed)
-        self.model = AlexNet(num_classes).to(device)
+        self.model = AlexNet(num_classes, init=config.init).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
 
@@ -96,11 +97,12 @@ def train_one_epoch(state: TrialState, split: Split, device, epoch: int, progres
 
 def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
           device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None,
-          engine: str = "auto", precision: str = "fp32") -> dict:
+          engine: str = "auto", precision: str = "fp32", until: int | None = None, budget: Budget = UNLIMITED) -> dict:
     """Train one configuration into the run folder `out`; returns the record saved as config.json.
     `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
     engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single".
-    precision: "fp32" or "bf16" (autocast)."""
+    precision: "fp32" or "bf16" (autocast). A grid's scheduler ends the call early, resumable, after
+    epoch `until` or when `budget` allows no more epochs; the record then says "running"."""
     config.validate()
     dev = resolve_device(device)
     check_precision(precision)
@@ -109,7 +111,7 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     out = Path(out) if out is not None else Path("runs") / config.name()
     if resolve_engine(engine, dev, log) == "stacked":
         return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
-                           callback=callback, precision=precision)[0]
+                           callback=callback, precision=precision, until=until, budget=budget)[0]
     run = RunFolder(config, dataset, out, dev, resume, log, "single", precision)
     if run.finished:
         log(f"{out}: already finished ({run.previous['status']}), nothing to do")
@@ -121,7 +123,9 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
         del ckpt
     run.open()
     try:
-        for epoch in range(run.start_epoch, config.epochs + 1):
+        for epoch in range(run.start_epoch, last_epoch(config, until) + 1):
+            if not budget.allows_epoch():
+                break
             t0 = time.perf_counter()
             with autocast(dev, precision):
                 tr = train_one_epoch(state, dataset.splits["train"], dev, epoch, progress)
@@ -130,27 +134,29 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
             val, test = (evaluate(state.model, dataset.splits[s], config.image_size, dev, dataset.num_classes,
                                   precision) for s in ("val", "test"))
             seconds = time.perf_counter() - t0
+            budget.spent(seconds)
             if run.end_epoch(epoch, tr, val, test, lr_at(config, epoch - 1), seconds):
                 run.save_best(state.model.state_dict())
             run.save_last(state.model.state_dict(), state.optimizer_state(run.epochs_done))
             log(epoch_line(epoch, config, tr, val, test, seconds))
             if callback is not None:
                 callback(run.row)
-        return run.finish()
+        return run.finish() if run.epochs_done == config.epochs else run.record(STATUS_RUNNING)
     finally:
         run.close()
 
 
 def run_trials(configs: list[TrainConfig], dataset: Dataset | Path | str, outs: list[Path], device, progress: bool,
-               log=print, callback=None, engine: str = "single", precision: str = "fp32") -> list[dict]:
-    """The trials of one stack (engine "stacked") or one trial alone, resumed where they are; a crash
-    marks them failed instead of stopping the grid."""
+               log=print, callback=None, engine: str = "single", precision: str = "fp32", until: int | None = None,
+               budget: Budget = UNLIMITED) -> list[dict]:
+    """The trials of one stack (engine "stacked") or one trial alone, resumed where they are, up to
+    epoch `until` within `budget`; a crash marks them failed instead of stopping the grid."""
     try:
         if engine == "stacked":
             return train_stack(configs, dataset, outs, device, resume=True, progress=progress, log=log,
-                               callback=callback, precision=precision)
+                               callback=callback, precision=precision, until=until, budget=budget)
         return [train(configs[0], data=dataset, out=outs[0], device=str(device), resume=True, progress=progress,
-                      log=log, callback=callback, engine="single", precision=precision)]
+                      log=log, callback=callback, engine="single", precision=precision, until=until, budget=budget)]
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid

@@ -26,6 +26,7 @@ before this module existed (checked for the quick, recipe-cpu and seed presets' 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ from .progress import progress_bar
 from .transforms import random_boxes, sample_boxes
 
 # The fields that shape a trial's data stream: trials equal in these see the same batches and
-# dropout masks, and can share one stack.
-STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup")
+# dropout masks, and can share one stack (which starts every trial from one set of weights: init).
+STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup", "init")
 
 
 def stream_key(config: TrainConfig) -> tuple:
@@ -86,6 +87,34 @@ def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progres
         if lam < 1.0:  # mixup with the batch reversed
             x = lam * x + (1 - lam) * x.flip(0)
         yield x, labels[idx], lam
+
+
+# ----------------------------------------------------------------------------- how far a call trains
+
+def last_epoch(config: TrainConfig, until: int | None) -> int:
+    """The epoch a training call ends after: the trial's last, or `until` (a grid scheduler's rung)."""
+    return config.epochs if until is None else min(config.epochs, until)
+
+
+class Budget:
+    """A wall-clock deadline for training (grid --time-budget): an epoch starts only if the latest
+    epoch's duration (of any trial) says it ends before the deadline. `reached` once one did not."""
+
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.epoch_seconds = 0.0
+        self.reached = False
+
+    def allows_epoch(self) -> bool:
+        if self.deadline is not None and time.monotonic() + self.epoch_seconds > self.deadline:
+            self.reached = True
+        return not self.reached
+
+    def spent(self, seconds: float) -> None:
+        self.epoch_seconds = seconds
+
+
+UNLIMITED = Budget(None)
 
 
 # ----------------------------------------------------------------------------- the schedule

@@ -1,0 +1,81 @@
+"""Early stopping for a grid: asynchronous successive halving (ASHA; Li et al., 2020), the rule of Ray
+Tune's `ASHAScheduler` with one bracket, written out for the local backend.
+
+Rungs sit at epochs grace_period * reduction_factor**k below the grid's longest trial. When a trial
+finishes the epoch of a rung, its validation accuracy there is compared with those recorded at that
+rung before it: below the (1 - 1/reduction_factor) quantile of them (numpy's linear interpolation,
+as Tune computes it) the trial stops; either way its value is recorded. The first trial at a rung
+always goes on. Decisions depend on the order trials reach a rung. Both backends judge in grid order:
+the local one trains every live trial to the next rung, then judges them in grid order; the Ray
+backend, with `asha`, runs one trial at a time in grid order (and a resumed grid replays each
+trial's recorded epochs to Tune first), so the two stop the same trials.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+
+SCHEDULERS = ("none", "asha")
+
+
+@dataclass
+class Asha:
+    max_t: int
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    recorded: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.grace_period < 1:
+            raise UserError(f"--grace-period {self.grace_period}: expected an integer >= 1")
+        if not self.reduction_factor > 1:
+            raise UserError(f"--reduction-factor {self.reduction_factor:g}: expected a number > 1")
+        if self.grace_period > self.max_t:
+            raise UserError(f"--grace-period {self.grace_period}: expected at most the grid's longest trial "
+                            f"({self.max_t} epochs)")
+        # Tune's count of rungs, computed as Tune does; a fractional milestone is reached at the epoch after it
+        count = int(np.log(self.max_t / self.grace_period) / np.log(self.reduction_factor) + 1)
+        self.recorded = {math.ceil(round(self.grace_period * self.reduction_factor ** k, 9)): {} for k in range(count)}
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs at which trials are judged (ascending; a rung at max_t judges nobody)."""
+        return [m for m in sorted(self.recorded) if m < self.max_t]
+
+    def cutoff(self, rung: int) -> float | None:
+        values = list(self.recorded[rung].values())
+        return float(np.nanpercentile(values, (1 - 1 / self.reduction_factor) * 100)) if values else None
+
+    def judge(self, name: str, rung: int, val_accuracy: float) -> str | None:
+        """Record `name`'s validation accuracy at `rung`; the reason it stops there, or None to go on."""
+        if name in self.recorded[rung]:
+            raise ValueError(f"asha: {name} was already judged at epoch {rung}")
+        cutoff = self.cutoff(rung)
+        self.recorded[rung][name] = val_accuracy
+        if cutoff is not None and val_accuracy < cutoff:
+            return (f"stopped by ASHA at epoch {rung}: val {val_accuracy:.3f} below the cutoff {cutoff:.3f} "
+                    f"of {len(self.recorded[rung]) - 1} trial(s) there before it")
+        return None
+
+    def planned_epochs(self, epochs: list[int]) -> list[int]:
+        """Each trial's epochs if successive halving keeps the planned share at every rung: of n
+        trials reaching a rung, ceil(n / reduction_factor) go on (the first ones in grid order, as
+        the first trial at a rung always goes on). ASHA's real decisions depend on the results."""
+        planned, alive = list(epochs), list(range(len(epochs)))
+        for rung in self.rungs:
+            alive = [i for i in alive if epochs[i] > rung]
+            keep = alive[:max(1, math.ceil(len(alive) / self.reduction_factor - 1e-9))] if alive else []
+            for i in alive[len(keep):]:
+                planned[i] = rung
+            alive = keep
+        return planned
+
+    def settings(self) -> dict:
+        return {"max_t": self.max_t, "grace_period": self.grace_period, "reduction_factor": self.reduction_factor}
+
+    def to_dict(self) -> dict:
+        return {"scheduler": "asha", **self.settings()}
