@@ -180,7 +180,7 @@ def copy_bandwidth(device: torch.device, mbytes: int = 256, repeats: int = 5) ->
     return 2 * src.numel() * src.element_size() / best_seconds(lambda: dst.copy_(src), device, repeats)
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
     """FLOP/s of a large square matmul (MKL's sgemm on a CPU): the machine's own compute yardstick."""
     n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
@@ -448,6 +448,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"speed.py: --steps {args.steps} x --batch-size {args.batch_size} = {need} images: "
                          f"more than the {len(dataset.splits['train'])} training images")
     bench = Bench(args, dataset, device)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak_before = matmul_rate(device, dtype)  # again after the pipelines: the yardstick is the faster of the two
     print(f"device {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.image_size} px, batch {args.batch_size}, {args.trials} trials x {args.epochs} epochs x "
           f"{args.steps} steps, eval {args.eval_images} val + {args.eval_images} test images per epoch; "
@@ -494,11 +496,11 @@ def main(argv=None) -> None:
           f"floors: {flops / 1e9:.2f} GFLOP per training image; memory floor {FLOOR_BYTES_PER_PARAM} B x "
           f"{params / 1e6:.1f} M params per step at the measured copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"= {format_duration(floor_s)} for the seed grid ('x floor' = seed grid / that)")
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    peak = matmul_rate(device, dtype)
+    peak = max(peak_before, matmul_rate(device, dtype))
     grid_flops = SEED_GRID["trials"] * SEED_GRID["epochs"] * SEED_GRID["train_images"] * flops
     n = 8192 if device.type == "cuda" else 2048
-    print(f"compute: {str(dtype)[6:]} matmul ({n}x{n}) measured at {peak / 1e9:.1f} GFLOP/s in this run; training "
+    print(f"compute: {str(dtype)[6:]} matmul ({n}x{n}) measured at {peak / 1e9:.1f} GFLOP/s in this run (best of 10, "
+          f"before and after the pipelines); training "
           f"reaches " + ", ".join(f"{name} {s['tflops'] * 1e3:.1f} GFLOP/s = {s['tflops'] * 1e12 / peak:.0%}"
                                   for name, s in summaries.items())
           + f" of it; compute floor of the seed grid {format_duration(grid_flops / peak)}")

@@ -169,8 +169,8 @@ def test_missing_toml_and_unknown_preset(tmp_path):
 
 
 def test_format_duration():
-    assert [format_duration(s) for s in (5, 89, 600, 5399, 5400, 12 * 3600)] == [
-        "5 s", "89 s", "10 min", "90 min", "1.5 h", "12.0 h"]
+    assert [format_duration(s) for s in (5, 89, 90, 226, 299, 600, 5399, 5400, 12 * 3600)] == [
+        "5 s", "89 s", "1 min 30 s", "3 min 50 s", "5 min", "10 min", "90 min", "1.5 h", "12.0 h"]
 
 
 def test_best_row_uses_validation_accuracy_only():

@@ -154,12 +154,12 @@ def test_missing_ray_is_a_one_line_error_naming_the_extra(tmp_path):
 
 
 ASHA_TOML = """preset = "quick"
-lr = [0.004, 1e-7, 0.002, 2e-7]
+lr = [0.004, 1e-7, 2e-7]
 momentum = [0.9]
 gamma = [0.5]
 step_size = [1]
 batch_size = [32]
-epochs = [4]
+epochs = [3]
 image_size = [64]
 """
 
