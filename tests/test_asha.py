@@ -3,6 +3,7 @@ Tune's own, stopped trials in the run folders and results, resume after Ctrl-C e
 uninterrupted grid, and a budget that ends a grid resumable."""
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -19,9 +20,10 @@ from conftest import quiet, run_cli, stop_after, without_timing
 
 pytestmark = pytest.mark.usefixtures("narrow_alexnet")
 
-# Four trials of 4 epochs; the two at a learning rate too small to move stay where they started.
+# Four trials of 3 epochs (rungs at 1 and 2); the two at a learning rate too small to move stay where
+# they started.
 GRID = {"preset": "quick", "lr": [0.004, 1e-7, 0.002, 2e-7], "momentum": [0.9], "gamma": [0.5], "step_size": [1],
-        "batch_size": [32], "epochs": [4], "image_size": [64]}
+        "batch_size": [32], "epochs": [3], "image_size": [64]}
 TRIALS = expand(GRID)
 ASHA = {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2.0}
 
@@ -97,7 +99,7 @@ def asha_grid(small_data, tmp_path_factory):
 
 def test_asha_stops_the_trials_its_rule_stops(asha_grid):
     out = asha_grid["out"]
-    asha, expected = Asha(4, 1, 2), {}
+    asha, expected = Asha(3, 1, 2), {}
     for rung in asha.rungs:  # the rule applied by hand to the recorded validation accuracies, in grid order
         for t in TRIALS:
             v = vals(out, t.name())
@@ -117,7 +119,7 @@ def test_asha_stops_the_trials_its_rule_stops(asha_grid):
             assert (out / n / runlog.BEST_CKPT).exists() and (out / n / runlog.LAST_CKPT).exists()
             assert any(f"{n}: stopped by ASHA at epoch {expected[n]}" in line for line in asha_grid["log"])
         else:
-            assert rec["status"] == "done" and rec["epochs_done"] == 4
+            assert rec["status"] == "done" and rec["epochs_done"] == 3
     results = (out / "results.csv").read_text()
     assert results.count(",stopped,") == len(expected)
 
@@ -191,13 +193,17 @@ def test_time_budget_ends_the_grid_resumable(asha_grid, small_data, tmp_path):
 
 
 def test_cli_grid_with_asha_and_a_budget(small_data, tmp_path):
+    """The flags through the real CLI; a budget spent before the first epoch keeps it short."""
     toml = tmp_path / "g.toml"
-    toml.write_text("preset = 'quick'\nlr = [0.004, 1e-7]\nepochs = [2]\nbatch_size = [32]\n")
+    toml.write_text("preset = 'quick'\nlr = [0.004, 1e-7]\nepochs = [4]\nbatch_size = [32]\n")
     out = tmp_path / "grid"
     proc = run_cli("grid", "--config", toml, "--data", small_data, "--out", out, "--no-report", "-q",
-                   "--scheduler", "asha", "--time-budget", "10m", check=True)
-    assert "ASHA judges trials at epoch 1 (reduction factor 2)" in proc.stderr
-    assert proc.stdout.startswith(f"grid {out}: 2 trials (")
+                   "--scheduler", "asha", "--time-budget", "0.001s", check=True)
+    assert "ASHA judges trials at epochs 1, 2 (reduction factor 2)" in proc.stderr
+    assert "time budget of 0 s reached; 2 trial(s) unfinished, continue with --resume" in proc.stderr
+    assert proc.stdout.startswith(f"grid {out}: 2 trials (1 running, 1 pending)")
+    assert json.loads((out / runlog.GRID_FILE).read_text())["scheduler"] == {
+        "scheduler": "asha", "grace_period": 1, "reduction_factor": 2.0, "max_t": 4}
     bad = run_cli("grid", "--config", toml, "--data", small_data, "--out", tmp_path / "g2", "--time-budget", "soon")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("alexnet-tiny grid: error: --time-budget soon: expected a duration > 0 such as "

@@ -57,12 +57,12 @@ def folder_layout(run: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def ray_grid(tiny_data, tmp_path_factory) -> dict:
+def ray_grid(small_data, tmp_path_factory) -> dict:
     """Start the grid on Ray, Ctrl-C it once a trial has saved its first epoch, then --resume it."""
     pytest.importorskip("ray")  # here, not at the top: the missing-Ray test runs without Ray too
     tmp = tmp_path_factory.mktemp("ray")
     toml, out = grid_toml(tmp / "two.toml"), tmp / "ray-grid"
-    args = grid_args(toml, tiny_data, out, "--backend", "ray", "--cpus-per-trial", "1")
+    args = grid_args(toml, small_data, out, "--backend", "ray", "--cpus-per-trial", "1")
     # its own session: the SIGINT goes to the whole process group, as Ctrl-C in a terminal does
     proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *map(str, args)], env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -104,10 +104,10 @@ def test_ctrl_c_stops_the_ray_grid_and_resume_finishes_it(ray_grid):
 
 
 @pytest.mark.slow
-def test_ray_grid_equals_the_local_grid(ray_grid, tiny_data, tmp_path):
+def test_ray_grid_equals_the_local_grid(ray_grid, small_data, tmp_path):
     out = ray_grid["out"]
     local = tmp_path / "local-grid"
-    run_cli(*grid_args(ray_grid["toml"], tiny_data, local), env=ENV, check=True)
+    run_cli(*grid_args(ray_grid["toml"], small_data, local), env=ENV, check=True)
 
     ray_rows, local_rows = read_csv(out / RESULTS_CSV), read_csv(local / RESULTS_CSV)
     assert [r["trial"] for r in ray_rows] == NAMES
@@ -159,7 +159,7 @@ momentum = [0.9]
 gamma = [0.5]
 step_size = [1]
 batch_size = [32]
-epochs = [3]
+epochs = [2]
 image_size = [64]
 """
 
