@@ -187,8 +187,8 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, 
         key = (t.batch_size, t.image_size, len(group))
         if key not in rates:
             rates[key] = measure_throughput(t, dataset, device, stack=len(group))
-        left = sum(max(0, planned.get(c.name(), c.epochs) - (epochs_done(out, c) if out is not None else 0))
-                   for c in group)
+        done = {c.name(): runlog.epochs_done(out / c.name()) if out is not None else 0 for c in group}
+        left = sum(max(0, planned.get(c.name(), c.epochs) - done[c.name()]) for c in group)
         total += left * ((n_train + n_eval / 3) / rates[key] + checkpoint_seconds)
     return total
 
@@ -261,10 +261,6 @@ def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[li
         log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
 
 
-def epochs_done(out: Path, trial: TrainConfig) -> int:
-    return (runlog.read_config(out / trial.name()) or {}).get("epochs_done", 0)
-
-
 def val_at(out: Path, trial: TrainConfig, epoch: int) -> float | None:
     """A trial's validation accuracy at `epoch`, from its metrics.jsonl (None if it did not get there)."""
     return next((r["val_accuracy"] for r in runlog.epoch_rows(runlog.read_metrics(out / trial.name()))
@@ -295,7 +291,7 @@ def run_local(trials: list[TrainConfig], out: Path, dataset: Dataset, dev, engin
     try:
         for until in (asha.rungs if asha else []) + [None]:
             todo = [t for t in todo_trials(out, trials) if t.name() not in failed
-                    and (until is None or epochs_done(out, t) < until)]
+                    and (until is None or runlog.epochs_done(out / t.name()) < until)]
             for group in plan_groups(todo, out, dataset, dev, engine, max_stack):
                 bar.n = len(trials) - len(todo_trials(out, trials))
                 bar.refresh()

@@ -94,7 +94,7 @@ class GridProgress(tune.Callback):
         self.out, self.total, self.progress, self.log = out, len(todo), progress, log
         self.asha = asha  # a copy of the rule Tune's ASHAScheduler applies, for the reason a trial stopped
         self.stops: dict[str, tuple[int, str]] = {}  # trial -> (epoch, reason) where the rule stops it
-        self.done_before = {t.name(): (runlog.read_config(out / t.name()) or {}).get("epochs_done", 0) for t in todo}
+        self.done_before = {t.name(): runlog.epochs_done(out / t.name()) for t in todo}
         self.epochs_left = {t.name(): t.epochs - self.done_before[t.name()] for t in todo}
         self.finished, self.epochs_run, self.start = 0, 0, time.time()
         self.user_errors: list[str] = []  # "name: message" of UserErrors raised inside trials

@@ -40,6 +40,11 @@ def read_config(run: Path) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def epochs_done(run: Path) -> int:
+    """The epochs a run folder's config.json counts as done (0 for a folder not started)."""
+    return (read_config(run) or {}).get("epochs_done", 0)
+
+
 def write_config(run: Path, record: dict) -> None:
     write_json(Path(run) / CONFIG_FILE, record)
 
