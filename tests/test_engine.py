@@ -329,6 +329,7 @@ def test_plan_groups_by_data_stream_and_chunks(tmp_path):
     assert stream_key(BASE.replace(lr=9, momentum=0.1, nesterov=True, label_smoothing=0.2)) == stream_key(BASE)
     assert stream_key(BASE.replace(mixup=0.2)) != stream_key(BASE)
     assert stream_key(BASE.replace(init="kaiming")) != stream_key(BASE)  # a stack starts from one set of weights
+    assert stream_key(BASE.replace(dropout=0.25)) != stream_key(BASE)  # one set of dropout masks per stack
 
 
 def test_a_stacked_trial_starts_from_the_weights_it_starts_from_alone(dataset, tmp_path):
@@ -340,6 +341,11 @@ def test_a_stacked_trial_starts_from_the_weights_it_starts_from_alone(dataset, t
     stack = Stack(runs, dataset, torch.device("cpu"))
     alone = TrialState(configs[1], dataset.num_classes, "cpu").model.state_dict()
     assert all(torch.equal(stack.model.trial_state_dict(1)[n], alone[n]) for n in alone)
+    assert [kind for kind in stack.model.plan if kind[0] == "dropout"] == [("dropout", 0.5)] * 2
+    lighter = Stack([RunFolder(c.replace(dropout=0.25), dataset, tmp_path / "d" / c.name(), "cpu", False)
+                     for c in configs], dataset, torch.device("cpu"))
+    assert [kind for kind in lighter.model.plan if kind[0] == "dropout"] == [("dropout", 0.25)] * 2
+    assert TrialState(configs[0].replace(dropout=0.25), 3, "cpu").model.classifier[3].p == 0.25
     torch.manual_seed(configs[1].seed)
     assert not torch.equal(alone["features.0.weight"], AlexNet(dataset.num_classes).state_dict()["features.0.weight"])
 

@@ -86,6 +86,20 @@ def test_repository_recipe_cpu_seeds_toml():
     assert {t.replace(seed=0) for t in trials} == {PRESETS["recipe-cpu"]}
 
 
+def test_repository_recipe_cpu_ablation_toml():
+    """The preset over seeds 0-2, and each ablation (one field changed back) over seeds 0-1."""
+    name, trials = grid_trials(config=REPO / "grids" / "recipe-cpu-ablation.toml")
+    recipe = PRESETS["recipe-cpu"]
+    assert name == "recipe-cpu-ablation" and len({t.name() for t in trials}) == len(trials)
+    changes: dict[tuple, list[int]] = {}
+    for t in trials:
+        changed = tuple((k, v) for k, v in t.to_dict().items() if k != "seed" and v != getattr(recipe, k))
+        assert len(changed) <= 1, changed
+        changes.setdefault(changed, []).append(t.seed)
+    assert changes.pop(()) == [0, 1, 2]
+    assert changes and all(seeds == [0, 1] for seeds in changes.values())
+
+
 def test_quick_preset_keeps_the_shape():
     name, trials = grid_trials(None)  # the default
     assert name == "quick" and trials == grid_trials("quick")[1]

@@ -23,6 +23,7 @@ LAYERS = [
     ["trial"],               # what a trial is: data stream, lr, loss, SGD step, momenta format
     ["runfolder"],           # one run folder's lifecycle and the checkpoint format
     ["results"],             # best trial, results tables, formatting
+    ["explain"],             # what a checkpoint learned: kernels, FC2 features, neighbours, Grad-CAM
     ["evaluate"],            # evaluation, saved checkpoints evaluated
     ["checkpoint"],
     ["runlog"],              # run folder file names and TensorBoard tags

@@ -140,6 +140,38 @@ def test_a_checkpoint_is_evaluated_with_its_own_preprocessing(checkpoint, small_
     assert not torch.allclose(default_logits, other_logits)  # the two really differ
 
 
+def test_flip_averaging_is_the_mean_over_each_image_and_its_mirror(checkpoint, small_data):
+    """--flip: the logits of every image averaged with those of its mirror image; with no crop margin
+    that is exactly mirroring the image before preprocessing."""
+    from alexnet_tiny.checkpoint import load_checkpoint, model_from_checkpoint
+    from alexnet_tiny.evaluate import evaluate_checkpoint
+    from alexnet_tiny.transforms import Preprocessing
+    ckpt = load_checkpoint(checkpoint)
+    model, size = model_from_checkpoint(ckpt), ckpt["preprocessing"]["image_size"]
+    test = load_dataset(small_data, progress=False).splits["test"]
+    no_margin = Preprocessing(size, size)
+    plain, mirrored = (predict_logits(model, images, no_margin, "cpu")
+                       for images in (test.images, test.images.flip(-1)))
+    assert torch.allclose(predict_logits(model, test.images, no_margin, "cpu", flip=True), (plain + mirrored) / 2,
+                          atol=1e-6)
+    assert not torch.allclose(plain, mirrored, atol=1e-4)  # mirroring changes what the model sees
+    # the checkpoint's own preprocessing (resize, then centre crop), mirrored after it
+    from alexnet_tiny.transforms import eval_batch
+    x = eval_batch(test.images, size)
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1))) / 2
+    flipped = predict_logits(model, test.images, size, "cpu", flip=True)
+    assert torch.allclose(flipped, expected, atol=1e-6)
+    plain = predict_logits(model, test.images, size, "cpu")
+    result = evaluate_checkpoint(checkpoint, data=small_data, device="cpu", progress=False, flip=True)
+    assert result["accuracy"] == (plain.argmax(1) == test.labels).double().mean().item()
+    assert result["flip_accuracy"] == (flipped.argmax(1) == test.labels).double().mean().item()
+    proc = run_cli("evaluate", checkpoint, "--data", small_data, "--flip", "-q", "--device", "cpu", check=True)
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"test: accuracy {result['accuracy']:.3f}, loss {result['loss']:.4f} on {len(test)} images; "
+        f"with flip averaging {result['flip_accuracy']:.3f}, loss {result['flip_loss']:.4f}")
+
+
 def test_topk_is_capped_at_the_number_of_classes(checkpoint, images):
     (result,) = predict(checkpoint, [images["rgb.jpg"]], topk=10, device="cpu")
     assert len(result["top"]) == 3

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -14,11 +15,11 @@ import pytest
 from PIL import Image
 
 from alexnet_tiny import runlog
-from alexnet_tiny.config import HYPERPARAMETERS
+from alexnet_tiny.config import HYPERPARAMETERS, PRESETS, describe
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.evaluate import evaluate_checkpoint
 from alexnet_tiny.grid import run_grid
-from alexnet_tiny.report import FIGURES, write_report
+from alexnet_tiny.report import FIGURES, find_all_trials, write_report
 
 from conftest import FAST, run_cli
 
@@ -27,11 +28,15 @@ pytestmark = pytest.mark.usefixtures("narrow_alexnet")  # many trial-epochs; the
 CHROMIUM = "/usr/bin/chromium"
 
 
+SECOND = FAST.replace(epochs=1, lr=0.02, momentum=0.5)
+
+
 @pytest.fixture(scope="module")
 def grid_dir(small_data, tmp_path_factory) -> Path:
-    """Two real one-epoch trials on the small 3-class set, as `alexnet-tiny grid` writes them."""
+    """Two real one-epoch trials on the small 3-class set, as `alexnet-tiny grid` writes them; two
+    hyperparameters differ (a grid map of 2 x 2 cells, two of them without a trial)."""
     out = tmp_path_factory.mktemp("grid") / "g"
-    trials = [FAST.replace(epochs=1, lr=0.01), FAST.replace(epochs=1, lr=0.02)]
+    trials = [FAST.replace(epochs=1, lr=0.01), SECOND]
     run_grid(trials, out, data=small_data, device="cpu", progress=False, log=lambda m: None, estimate=False)
     yield out
     shutil.rmtree(out)  # checkpoints, needed no more
@@ -123,6 +128,65 @@ def test_best_checkpoint_evaluation(report, grid_dir):
     assert all(s["file"].startswith("test/") for s in ev["samples"])
 
 
+def test_what_the_network_learned_as_numbers(report, grid_dir, small_data):
+    """report.json's top-5, nearest neighbours, Grad-CAM and kernels entries, checked against the
+    checkpoint and the prepared data."""
+    from alexnet_tiny.data import load_dataset
+    from alexnet_tiny.evaluate import SavedModel
+    out, _ = report
+    rep = json.loads((out / "report.json").read_text())
+    ev, best = rep["evaluation"], rep["best"]["trial"]
+    dataset = load_dataset(small_data, progress=False)
+    test, names = dataset.splits["test"], dataset.names
+    saved = SavedModel(grid_dir / best / "best.pt")
+    index = {f: i for i, f in enumerate(test.files)}
+    assert len(ev["top5"]) == 8 and len({t["file"] for t in ev["top5"]}) == 8
+    probabilities = saved.logits(test.images[[index[t["file"]] for t in ev["top5"]]]).softmax(1)
+    for t, p in zip(ev["top5"], probabilities):
+        assert t["true"] == names[test.labels[index[t["file"]]]]
+        assert t["classes"] == [names[k] for k in p.argsort(descending=True)[:3].tolist()]  # 3 classes: top 3
+        assert t["probabilities"] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-5)
+    right = [t["classes"][0] == t["true"] for t in ev["top5"]]
+    assert right == sorted(right, reverse=True)  # right ones first, then wrong
+    assert len(ev["neighbours"]) == 6 and all(len(q["neighbours"]) == 6 for q in ev["neighbours"])
+    for q in ev["neighbours"]:
+        distances = [n["distance"] for n in q["neighbours"]]
+        assert distances == sorted(distances) and distances[0] > 0  # test images are not in the training set
+        assert all(n["file"].startswith("train/") for n in q["neighbours"])
+    assert len(ev["cam"]) == 8 and all(0 <= c["peak"][0] < 64 and 0 <= c["peak"][1] < 64 for c in ev["cam"])
+    assert rep["kernels"] == {"best": best, "compared_with": next(t for t in (r["trial"] for r in rep["trials"])
+                                                                  if t != best)}
+    gm = rep["grid_map"]
+    assert (gm["x"], gm["y"], gm["panel"]) == ("lr", "momentum", None)
+    cells = {(x, y): v for p in gm["panels"] for y, row in zip(p["y"], p["values"]) for x, v in zip(p["x"], row)}
+    for row in rep["trials"]:
+        assert cells.pop((row["lr"], row["momentum"])) == row["best_val_accuracy"]
+    assert set(cells.values()) == {None}  # the two pairs no trial had
+
+
+def test_grid_map_of_the_seed_grid_is_lr_by_momentum_per_gamma():
+    """The seed grid's 12 trials (3 lr x 2 momentum x 2 gamma, each over two seeds here): lr across,
+    momentum down, a panel per gamma, each cell the best of its seeds; unfinished trials left out."""
+    from alexnet_tiny.grid import grid_trials
+    from alexnet_tiny.results import grid_map
+    rows = []
+    for c in grid_trials("seed")[1]:
+        for seed in (0, 1):
+            value = c.lr * 10 + c.momentum + c.gamma + seed / 100  # any value telling the cells apart
+            rows.append({**c.replace(seed=seed).to_dict(), "status": "running" if c.lr == 0.001 and seed else "done",
+                         "best_val_accuracy": value})
+    gm = grid_map(rows)
+    assert (gm["x"], gm["y"], gm["panel"]) == ("lr", "momentum", "gamma")
+    assert [p["title"] for p in gm["panels"]] == ["gamma = 0.01", "gamma = 0.1"]
+    for p in gm["panels"]:
+        gamma = float(p["title"].split(" = ")[1])
+        assert p["x"] == [0.0001, 0.001, 0.005] and p["y"] == [0.5, 0.9]
+        for m, row in zip(p["y"], p["values"]):
+            # the best seed (1) counts, except where it has not finished (lr 0.001): seed 0 there
+            assert row == [pytest.approx(lr * 10 + m + gamma + (0 if lr == 0.001 else 0.01)) for lr in p["x"]]
+    assert grid_map([r for r in rows if r["lr"] == 0.005 and r["gamma"] == 0.1]) is None  # one varies: no map
+
+
 def test_page_shows_everything(report, grid_dir):
     out, logs = report
     page = (out / "index.html").read_text()
@@ -158,6 +222,82 @@ def test_single_run_folder(grid_dir, tmp_path):
     assert not (out / FIGURES["samples"]).exists()  # --samples 0
 
 
+@pytest.fixture(scope="module")
+def second_seed(small_data, tmp_path_factory) -> Path:
+    """Another grid folder: the first trial of grid_dir again, with seed 1."""
+    out = tmp_path_factory.mktemp("grid") / "seed1"
+    run_grid([FAST.replace(epochs=1, lr=0.01, seed=1)], out, data=small_data, device="cpu", progress=False,
+             log=lambda m: None, estimate=False)
+    yield out
+    shutil.rmtree(out)
+
+
+def test_several_folders_summarise_configurations_over_seeds(grid_dir, second_seed, tmp_path):
+    out = write_report([grid_dir, second_seed], out=tmp_path / "r", samples=0, progress=False, log=lambda m: None,
+                       device="cpu")
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["trials"]) == 3
+    first = FAST.replace(epochs=1, lr=0.01)
+    runs = {0.01: [grid_dir / first.name(), second_seed / first.replace(seed=1).name()],
+            0.02: [grid_dir / SECOND.name()]}
+    groups = {g["config"]["lr"]: g for g in rep["configurations"]}
+    assert set(groups) == set(runs)
+    for lr, folders in runs.items():
+        g = groups[lr]
+        assert g["label"] == describe((first if lr == 0.01 else SECOND).to_dict())
+        assert [r["seed"] for r in g["runs"]] == [0, 1][:len(folders)]
+        tests = [metrics_from_jsonl(f)["test_accuracy_at_best"] for f in folders]
+        minutes = [sum(r["epoch_seconds"] for r in runlog.read_metrics(f)) / 60 for f in folders]
+        assert g["test_accuracy_at_best"]["mean"] == pytest.approx(statistics.fmean(tests), abs=1e-6)
+        assert g["minutes"]["mean"] == pytest.approx(statistics.fmean(minutes), abs=0.1 / 60)
+        if len(folders) > 1:
+            assert g["test_accuracy_at_best"]["sd"] == pytest.approx(statistics.stdev(tests), abs=1e-6)
+        else:
+            assert g["test_accuracy_at_best"]["sd"] is None
+    page = (out / "index.html").read_text()
+    assert "Configurations over seeds" in page and f'src="{FIGURES["accuracy_vs_minutes"]}"' in page
+    for g in rep["configurations"]:
+        assert f">{g['label']}</td>" in page
+    with Image.open(out / FIGURES["accuracy_vs_minutes"]) as im:
+        assert im.format == "PNG" and im.width >= 800
+
+    with pytest.raises(UserError, match="pass --out"):
+        write_report([grid_dir, second_seed], progress=False, log=lambda m: None)
+    names = [t.name for t in find_all_trials([grid_dir, clone(grid_dir, tmp_path / "again")])]
+    assert len(set(names)) == 4 and sum(n.startswith("again/") for n in names) == 2
+
+
+def test_runs_recorded_before_a_hyperparameter_existed_take_its_default(grid_dir, tmp_path):
+    """A config.json without dropout and init (written before they existed) is the same configuration
+    as one with their defaults: one group, no column for them."""
+    first = json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"]
+    new, old = clone(grid_dir / first, tmp_path / "new"), clone(grid_dir / first, tmp_path / "old")
+    record = json.loads((old / "config.json").read_text())
+    for key in ("dropout", "init"):
+        del record["config"][key]
+    (old / "config.json").unlink()  # a hard link: replace it, do not write through to the fixture's file
+    (old / "config.json").write_text(json.dumps(record))
+    out = write_report([new, old], out=tmp_path / "r", samples=0, progress=False, log=lambda m: None, device="cpu")
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["configurations"]) == 1 and len(rep["configurations"][0]["runs"]) == 2
+    assert rep["trials"][1]["dropout"] == 0.5 and rep["trials"][1]["init"] == "torch"
+    assert rep["grid_map"] is None
+
+
+def test_one_configuration_over_one_seed_draws_no_comparison(grid_dir, tmp_path):
+    run = clone(grid_dir / json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"], tmp_path / "run")
+    out = write_report(run, samples=0, progress=False, log=lambda m: None, device="cpu")
+    assert not (out / FIGURES["accuracy_vs_minutes"]).exists()
+    assert "Configurations over seeds" not in (out / "index.html").read_text()
+
+
+def test_configurations_are_named_by_their_nearest_preset():
+    recipe = PRESETS["recipe-cpu"]
+    assert describe(recipe.replace(seed=4).to_dict()) == "recipe-cpu"
+    assert describe(recipe.replace(image_size=64, init="torch").to_dict()) == "recipe-cpu, image_size=64, init=torch"
+    assert describe(PRESETS["seed"].replace(lr=0.005, nesterov=True).to_dict()) == "seed, lr=0.005, nesterov=true"
+
+
 def test_missing_runs_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nowhere", progress=False, log=lambda m: None)
@@ -184,8 +324,9 @@ def test_trial_without_event_file(grid_dir, tmp_path):
     table = {r["trial"]: r for r in read_csv(out / "results.csv")}
     assert table[gone]["best_val_accuracy"] == "" and not table[gone]["best"]
     assert table[rows[1]["trial"]]["best"]  # the other trial is the best one now
-    for name in FIGURES.values():
-        assert (out / name).exists()
+    for key, name in FIGURES.items():
+        # one trial with metrics left: nothing to compare minutes across
+        assert (out / name).exists() == (key != "accuracy_vs_minutes"), key
 
 
 def test_missing_checkpoint_and_dataset(grid_dir, tmp_path):
@@ -195,8 +336,9 @@ def test_missing_checkpoint_and_dataset(grid_dir, tmp_path):
     page = (out / "index.html").read_text()
     assert "no best.pt" in page and any("no best.pt" in m for m in logs)
     assert (out / FIGURES["table"]).exists() and (out / FIGURES["curves"]).exists()
-    for key in ("per_class", "confusion", "samples"):
+    for key in ("per_class", "confusion", "samples", "kernels", "top5", "neighbours", "cam"):
         assert not (out / FIGURES[key]).exists() and f'src="{FIGURES[key]}"' not in page
+    assert (out / FIGURES["grid_map"]).exists()  # from the event files alone
     assert "not available" in page
 
     # with the checkpoints back but the recorded dataset gone
@@ -263,13 +405,26 @@ def test_page_in_headless_chromium(report, tmp_path):
     images = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert {i["src"] for i in images} == set(FIGURES.values()) - {FIGURES["table"]}
     assert all(i["ok"] for i in images), images
+    dom = proc.stdout
+    for heading in ("What the network learned", "First-layer kernels", "Top-5 predictions",
+                    "Nearest neighbours in feature space", "Class-activation maps", "The grid as a picture"):
+        assert f">{heading}</h" in dom, heading
+    assert not re.search(r"<img(?![^>]*\balt=\"[^\"]{12,})", dom)  # every figure has alt text
+    per_class = re.search(r'<table id="per-class">(.*?)</table>', dom, re.S).group(1)
+    assert per_class.count("<tr>") == 4 and all(f">colour{k}<" in per_class for k in range(3))
+    confusion = re.search(r'<table id="confusion">(.*?)</table>', dom, re.S).group(1)
+    ev = json.loads((out / "report.json").read_text())["evaluation"]
+    cells = [int(c) for c in re.findall(r"<td(?: class=\"?diag\"?)?>(\d+)</td>", confusion)]
+    assert cells == [c for row in ev["test"]["confusion"] for c in row]
 
-    shot = tmp_path / "page.png"
-    chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", (out / "index.html").as_uri(),
-             user_data=tmp_path / "profile")
+    # the README's picture of the page is made by the same script
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "docs"))
+    from screenshot import screenshot
+    shot = screenshot(out / "index.html", tmp_path / "page.png", tmp_path / "profile")
     with Image.open(shot) as im:
-        assert im.size == (1280, 2400)
-        colours = im.convert("RGB").resize((64, 120)).getcolors(64 * 120)
+        assert im.width == 1280 and im.height > 3000  # the whole page, not one window
+        colours = im.convert("RGB").resize((64, 320)).getcolors(64 * 320)
         assert len(colours) > 50  # not a blank page
 
 

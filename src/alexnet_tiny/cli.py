@@ -23,7 +23,8 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
              "weight_decay": "on conv and linear weights, not biases", "schedule": "step or cosine",
              "warmup_epochs": "linear warmup epochs (cosine schedule)", "augment": "crop or rrc (random resized crop)",
              "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
-             "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)"}
+             "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)",
+             "dropout": "dropout probability before FC1 and FC2 (default 0.5, the paper's)"}
     kinds = {"float": float, "int": int, "str": str}
     for name in HYPERPARAMETERS:
         flag = "--" + name.replace("_", "-")
@@ -33,7 +34,7 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=helps.get(name))
     p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study), quick (CPU minutes), recipe (modern training, GPU) "
-                        "or recipe-cpu (the recipe in about 15 CPU minutes)")
+                        "or recipe-cpu (the recipe in half an hour on a 2-core laptop CPU)")
 
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
@@ -77,13 +78,15 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_checkpoint, format_table
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, device=args.device,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, flip=args.flip)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
-    print(f"{args.split}: accuracy {result['accuracy']:.3f}, loss {result['loss']:.4f} on {result['images']} images",
-          file=sys.stderr if args.json else sys.stdout)
+    line = f"{args.split}: accuracy {result['accuracy']:.3f}, loss {result['loss']:.4f} on {result['images']} images"
+    if args.flip:
+        line += f"; with flip averaging {result['flip_accuracy']:.3f}, loss {result['flip_loss']:.4f}"
+    print(line, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -132,7 +135,7 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     from .predict import format_result, predict
-    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, cam=args.cam)
     for r in results:
         if "error" in r:
             print(f"alexnet-tiny predict: error: {r['error']}", file=sys.stderr)
@@ -141,6 +144,9 @@ def cmd_predict(args) -> int:
         print(json.dumps(results, indent=2))
     elif good:
         print("\n".join(format_result(r) for r in good))
+    if args.cam and good:
+        print(f"Grad-CAM of {len(good)} image(s) for the most probable class: {args.cam}",
+              file=sys.stderr if args.json else sys.stdout)
     return 1 if len(good) < len(results) else 0
 
 
@@ -173,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the run, else data/tiny-image10)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", OFFICIAL_VAL])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--flip", action="store_true", help="also the accuracy with test-time flip averaging (the logits "
+                   "of each image and its mirror image, averaged), reported beside the plain one")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -207,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- report and predict (issue 4) ---
     p = sub.add_parser("report", help="results table, learning curves, per-class accuracy, samples and index.html")
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="a grid folder (from `grid`) or a run folder (from `train`)")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", nargs="+",
+                   help="a grid folder (from `grid`) or a run folder (from `train`); several: one report over all "
+                        "their trials (to compare presets or ablations; needs --out)")
     p.add_argument("--out", metavar="DIR", default=None, help="report folder (default RUNS_DIR/report)")
     p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the best trial)")
     p.add_argument("--samples", type=int, default=24, help="sample test images shown with predictions (default 24)")
@@ -220,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt or last.pt of a run")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...; any size and mode)")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--cam", metavar="OUT.png", default=None,
+                   help="also draw each image under its class-activation map (Grad-CAM, last conv layer) for the "
+                        "most probable class, into this PNG")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_predict)

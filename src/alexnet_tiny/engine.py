@@ -292,7 +292,8 @@ class Stack:
         self.runs, self.dataset, self.device = runs, dataset, device
         configs = [r.config for r in runs]
         torch.manual_seed(configs[0].seed)  # every trial starts from the weights it would start from alone
-        self.model = StackedAlexNet(AlexNet(dataset.num_classes, init=configs[0].init), len(runs), device)
+        self.model = StackedAlexNet(AlexNet(dataset.num_classes, init=configs[0].init, dropout=configs[0].dropout),
+                                    len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
         self.loss_fn = TrialLosses([c.label_smoothing for c in configs], device)

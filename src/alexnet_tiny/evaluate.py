@@ -1,6 +1,10 @@
 """Evaluation, in one place: a model's logits on a split, loss, accuracy and confusion matrix, and a
 saved checkpoint evaluated with its own preprocessing and in the precision it was trained in.
 
+Test-time flip averaging (`flip=True`: the logits of each image and of its mirror image, averaged)
+is an option of a saved checkpoint's evaluation only, always reported beside the plain accuracy; the
+training loops select checkpoints on plain accuracy.
+
 Both training loops, `evaluate`, `predict` and the report call these functions.
 """
 from __future__ import annotations
@@ -34,13 +38,18 @@ class Evaluation:
 
 @torch.no_grad()
 def predict_logits(model, images: torch.Tensor, prep: Preprocessing | int, device, batch_size: int = EVAL_BATCH_SIZE,
-                   precision: str = "fp32") -> torch.Tensor:
+                   precision: str = "fp32", flip: bool = False) -> torch.Tensor:
     """Logits of uint8 images under the eval preset `prep` (a Preprocessing, or an image size for
-    the default one), in float32; the forward pass runs under `precision`'s autocast."""
+    the default one), in float32; the forward pass runs under `precision`'s autocast. `flip`: the
+    mean of the logits of the prepared batch and of its left-right mirror (as the image's mirror would
+    give, except that the centre crop's whole-pixel offset moves it one pixel when the margin is odd)."""
     model.eval()
+    outs = []
     with autocast(device, precision):
-        outs = [model(eval_batch(images[i:i + batch_size].to(device), prep)).float()
-                for i in range(0, len(images), batch_size)]
+        for i in range(0, len(images), batch_size):
+            x = eval_batch(images[i:i + batch_size].to(device), prep)
+            out = model(x).float()
+            outs.append((out + model(x.flip(3)).float()) / 2 if flip else out)
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -101,11 +110,11 @@ class SavedModel:
         if dataset.wnids != self.wnids:
             raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_logits(self.model, images, self.prep, self.device, precision=self.precision)
+    def logits(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        return predict_logits(self.model, images, self.prep, self.device, precision=self.precision, flip=flip)
 
-    def evaluate(self, split: Split, num_classes: int) -> Evaluation:
-        return evaluation(self.logits(split.images), split.labels, num_classes)
+    def evaluate(self, split: Split, num_classes: int, flip: bool = False) -> Evaluation:
+        return evaluation(self.logits(split.images, flip), split.labels, num_classes)
 
 
 def per_class_rows(dataset: Dataset, ev: Evaluation) -> list[dict]:
@@ -122,16 +131,23 @@ def checkpoint_dataset(ckpt_path: Path, data=None):
     return data
 
 
-def evaluate_checkpoint(path, data=None, split: str = "test", device: str = "auto", progress: bool = True) -> dict:
+def evaluate_checkpoint(path, data=None, split: str = "test", device: str = "auto", progress: bool = True,
+                        flip: bool = False) -> dict:
+    """A checkpoint on one split: loss, accuracy, per-class accuracy and confusion; with `flip`, also
+    the flip-averaged accuracy and loss (`flip_accuracy`, `flip_loss`), beside the plain ones."""
     saved = SavedModel(path, resolve_device(device))
     dataset = ensure_dataset(checkpoint_dataset(path, data), progress=progress)
     saved.check_classes(dataset)
     if len(dataset.splits[split]) == 0:
         raise UserError(f"{dataset.root}: its {split} split has no images to evaluate")
     ev = saved.evaluate(dataset.splits[split], dataset.num_classes)
-    return {"checkpoint": str(path), "split": split, "epoch": saved.ckpt.get("epoch"),
-            "images": len(dataset.splits[split]), "precision": saved.precision, "loss": ev.loss,
-            "accuracy": ev.accuracy, "per_class": per_class_rows(dataset, ev), "confusion": ev.confusion.tolist()}
+    result = {"checkpoint": str(path), "split": split, "epoch": saved.ckpt.get("epoch"),
+              "images": len(dataset.splits[split]), "precision": saved.precision, "loss": ev.loss,
+              "accuracy": ev.accuracy, "per_class": per_class_rows(dataset, ev), "confusion": ev.confusion.tolist()}
+    if flip:
+        flipped = saved.evaluate(dataset.splits[split], dataset.num_classes, flip=True)
+        result.update(flip_accuracy=flipped.accuracy, flip_loss=flipped.loss)
+    return result
 
 
 def format_table(result: dict) -> str:

@@ -12,7 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+
+from .data import atomic_path  # noqa: E402
 
 DPI = 110
 BEST_COLOUR = "#d62728"
@@ -20,9 +22,10 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure as a PNG, atomically (temporary file, then rename), and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     plt.close(fig)
     return path
 
@@ -157,16 +160,22 @@ def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: 
     return _save(fig, path)
 
 
+def _image_grid(n: int, columns: int, width: float, height: float):
+    """A figure of n cells in rows of `columns` (fewer for small n), every axis off until drawn on."""
+    columns = max(1, min(columns, n))
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
 def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str], title: str, path: Path,
                        columns: int = 6) -> Path:
     """uint8 (N, 3, H, W) images in a grid, each captioned "predicted / true", green when right,
     red when wrong. The 64 x 64 images are drawn about 3x larger (bicubic) so they are legible."""
     n = len(images)
-    columns = max(1, min(columns, n))
-    rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.25 * columns, 2.6 * rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _image_grid(n, columns, 2.25, 2.6)
     for ax, image, p, t in zip(axes.flat, images, predicted, true):
         right = p == t
         ax.imshow(np.asarray(image).transpose(1, 2, 0), interpolation="bicubic")
@@ -183,4 +192,171 @@ def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str]
     fig.suptitle(f"{title}: {correct}/{n} right  (caption: predicted / true; green right, red wrong)",
                  fontsize=12, fontweight="bold")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_vs_minutes(groups: list[dict], title: str, path: Path) -> Path:
+    """One point per configuration (results.seed_groups): mean test accuracy against mean minutes, with
+    bars of one standard deviation across its seeds both ways, each seed as a small dot, and the
+    configuration's label and seed count beside it."""
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    colours = plt.get_cmap("tab10")
+    span = max((g["minutes"]["mean"] for g in groups), default=1)
+    placed: list[tuple[float, float]] = []
+    for i, g in enumerate(groups):
+        colour = colours(i % colours.N)
+        x, y = g["minutes"]["mean"], g["test_accuracy_at_best"]["mean"]
+        ax.errorbar(x, y, xerr=g["minutes"]["sd"] or 0, yerr=g["test_accuracy_at_best"]["sd"] or 0, fmt="o",
+                    markersize=9, color=colour, capsize=4, linewidth=1.5, zorder=3)
+        ax.scatter([r["minutes"] for r in g["runs"]], [r["test_accuracy_at_best"] for r in g["runs"]], s=14,
+                   color=colour, alpha=0.5, zorder=2)
+        n = len(g["runs"])
+        crowded = any(abs(x - px) < 0.2 * span and abs(y - py) < 0.05 for px, py in placed)
+        placed.append((x, y))
+        ax.annotate(f"{textwrap.fill(g['label'], 34)}\n{y:.1%}, {n} seed{'s' if n > 1 else ''}", (x, y),
+                    xytext=(10, -30) if crowded else (10, 6), textcoords="offset points", fontsize=9, color=colour,
+                    fontweight="bold")
+    ax.set_xlabel("minutes per run (training and evaluation, mean over seeds)")
+    ax.set_ylabel("test accuracy at the best validation epoch")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    xs = [g["minutes"]["mean"] for g in groups] or [1]
+    ys = [g["test_accuracy_at_best"]["mean"] for g in groups] or [0.5]
+    ax.set_xlim(0, max(xs) * 1.35)
+    ax.set_ylim(max(0, min(ys) - 0.08), min(1, max(ys) + 0.06))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=12, fontweight="bold")
+    return _save(fig, path)
+
+
+def _kernel_mosaic(kernels: np.ndarray, columns: int = 8, gap: int = 1) -> np.ndarray:
+    """(n, k, k, 3) kernels tiled in a grid with white gaps, as one RGB image."""
+    n, k = len(kernels), kernels.shape[1]
+    rows = -(-n // columns)
+    mosaic = np.ones((rows * (k + gap) - gap, columns * (k + gap) - gap, 3))
+    for i, kernel in enumerate(kernels):
+        r, c = divmod(i, columns)
+        mosaic[r * (k + gap):r * (k + gap) + k, c * (k + gap):c * (k + gap) + k] = kernel
+    return mosaic
+
+
+def conv1_kernels(panels: list[tuple[str, np.ndarray]], title: str, path: Path) -> Path:
+    """One panel per (caption, (64, 11, 11, 3) kernels in [0, 1]): the kernels in an 8 x 8 grid,
+    drawn with square pixels (the AlexNet paper's figure 3)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 5.4), squeeze=False)
+    for ax, (caption, kernels) in zip(axes.flat, panels):
+        ax.imshow(_kernel_mosaic(kernels), interpolation="nearest")
+        ax.set_title(textwrap.fill(caption, 44), fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(fig, path)
+
+
+def top5_bars(images: np.ndarray, rows: list[dict], title: str, path: Path, columns: int = 2) -> Path:
+    """Each uint8 (3, H, W) image beside horizontal bars of its top-k classes (rows: {"true": name,
+    "classes": [names], "probabilities": [p]}), the true class's bar green and a wrong first guess red
+    (the AlexNet paper's figure 4, left)."""
+    n = len(images)
+    grid_rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(grid_rows, 2 * columns, figsize=(6.2 * columns, 2.3 * grid_rows + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.9] * columns})
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (image, row) in enumerate(zip(images, rows)):
+        r, c = divmod(i, columns)
+        image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
+        right = row["classes"][0] == row["true"]
+        image_ax.imshow(np.asarray(image).transpose(1, 2, 0), interpolation="bicubic")
+        image_ax.set_title(textwrap.fill(f"true: {row['true']}", 24), fontsize=9, color=RIGHT if right else WRONG,
+                           fontweight="bold")
+        bar_ax.axis("on")
+        ys = np.arange(len(row["classes"]))[::-1]
+        colours = [RIGHT if name == row["true"] else (WRONG if k == 0 else "#8c959f")
+                   for k, name in enumerate(row["classes"])]
+        bar_ax.barh(ys, row["probabilities"], color=colours)
+        bar_ax.set_yticks(ys, [textwrap.shorten(name, 26) for name in row["classes"]], fontsize=8)
+        bar_ax.set_xlim(0, 1)
+        bar_ax.tick_params(axis="x", labelsize=7)
+        for y, p in zip(ys, row["probabilities"]):
+            bar_ax.text(min(p + 0.02, 0.8), y, f"{p:.0%}", va="center", fontsize=7)
+        if row["true"] not in row["classes"]:
+            bar_ax.set_title("true class not in the top 5", fontsize=8, color=WRONG)
+    fig.suptitle(f"{title} (bars: top-5 probabilities; green: the true class, red: a wrong first guess)",
+                 fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _bordered(ax, image: np.ndarray, colour: str) -> None:
+    ax.imshow(np.asarray(image).transpose(1, 2, 0), interpolation="bicubic")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_color(colour)
+        side.set_linewidth(3)
+
+
+def nearest_neighbours(queries: np.ndarray, query_names: list[str], neighbours: list[np.ndarray],
+                       neighbour_names: list[list[str]], distances: list[list[float]], title: str, path: Path) -> Path:
+    """One row per test image: the image, then its nearest training images in feature space, each
+    captioned with its class and distance, green when its class is the test image's, red when not
+    (the AlexNet paper's figure 4, right)."""
+    k = max((len(n) for n in neighbours), default=1)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.75 * (k + 1), 2.0 * len(queries) + 0.6), squeeze=False)
+    for r, (query, name) in enumerate(zip(queries, query_names)):
+        _bordered(axes[r, 0], query, "#1f2328")
+        axes[r, 0].set_title(textwrap.fill(f"test: {name}", 20), fontsize=8, fontweight="bold")
+        for c in range(k):
+            ax = axes[r, c + 1]
+            if c >= len(neighbours[r]):
+                ax.axis("off")
+                continue
+            same = neighbour_names[r][c] == name
+            _bordered(ax, neighbours[r][c], RIGHT if same else WRONG)
+            ax.set_title(textwrap.fill(f"{neighbour_names[r][c]} ({distances[r][c]:.0f})", 20), fontsize=7,
+                         color=RIGHT if same else WRONG)
+    fig.suptitle(f"{title} (green: same class as the test image, red: another; Euclidean distance in brackets)",
+                 fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def class_activation_maps(images: np.ndarray, cams: np.ndarray, captions: list[str], correct: list[bool | None],
+                          title: str, path: Path, columns: int = 4) -> Path:
+    """Each uint8 (3, H, W) image under its (H, W) map in [0, 1], with its caption, framed green when
+    `correct` is True, red when False and dark when unknown (a user's photo)."""
+    fig, axes = _image_grid(len(images), columns, 2.6, 2.9)
+    for ax, image, cam, caption, ok in zip(axes.flat, images, cams, captions, correct):
+        h, w = np.asarray(image).shape[1:]
+        colour = "#1f2328" if ok is None else RIGHT if ok else WRONG
+        ax.axis("on")
+        _bordered(ax, image, colour)
+        ax.imshow(cam, cmap="jet", alpha=0.45, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear",
+                  vmin=0, vmax=1)
+        ax.set_title(textwrap.fill(caption, 26), fontsize=8, color=colour, fontweight="bold")
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def grid_heatmap(panels: list[dict], xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """One heatmap per panel ({"title", "x": values, "y": values, "values": rows of y x x, None for
+    no finished trial}), each cell annotated; a shared colour scale."""
+    cells = [v for p in panels for row in p["values"] for v in row if v is not None]
+    low, high = (min(cells), max(cells)) if cells else (0, 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.15 * len(panels[0]["x"]) * len(panels) + 1.2,
+                                                      1.6 + 0.75 * len(panels[0]["y"])), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        data = np.array([[np.nan if v is None else v for v in row] for row in panel["values"]], dtype=float)
+        im = ax.imshow(data, cmap="viridis", vmin=low, vmax=high if high > low else low + 1e-9, aspect="auto")
+        for (r, c), v in np.ndenumerate(data):
+            ax.text(c, r, "–" if np.isnan(v) else f"{v:.1%}", ha="center", va="center", fontsize=9,
+                    color="white" if not np.isnan(v) and v < (low + high) / 2 else "black")
+        ax.set_xticks(range(len(panel["x"])), [str(x) for x in panel["x"]])
+        ax.set_yticks(range(len(panel["y"])), [str(y) for y in panel["y"]])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel["title"], fontsize=10)
+    fig.colorbar(im, ax=list(axes.flat), fraction=0.03, pad=0.02, label="best validation accuracy")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
     return _save(fig, path)

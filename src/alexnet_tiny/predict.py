@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .data import CACHE_SIZE
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import SavedModel
+from .evaluate import EVAL_BATCH_SIZE, SavedModel
+from .transforms import eval_batch
 
 # Far above any camera's default output; decompression bombs declare far more than this.
 MAX_PIXELS = 50_000_000
@@ -67,11 +68,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, device: str = "auto") -> list[dict]:
+def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, device: str = "auto",
+            cam: Path | str | None = None) -> list[dict]:
     """One result per image, in order: {"image", "top": [{"class", "wnid", "probability"}]} or
-    {"image", "error"} for a file that could not be read. A bad checkpoint raises UserError."""
+    {"image", "error"} for a file that could not be read. A bad checkpoint raises UserError. `cam`: also
+    write there a PNG of each readable image under its Grad-CAM map for its most probable class."""
     if topk < 1:
         raise UserError(f"--topk {topk}: expected 1 or more")
+    if cam is not None and Path(cam).suffix.lower() != ".png":
+        raise UserError(f"--cam {cam}: expected a file name ending in .png")
     saved = SavedModel(checkpoint, resolve_device(device))
     names, wnids = saved.ckpt["classes"]["names"], saved.wnids
     results, loaded = [], []
@@ -90,7 +95,24 @@ def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, dev
         if "error" not in result:
             ps, ks = next(good)
             result["top"] = [{"class": names[k], "wnid": wnids[k], "probability": p} for p, k in zip(ps, ks)]
+    if cam is not None:
+        write_cam(saved, torch.stack(loaded), [r for r in results if "error" not in r], Path(cam))
     return results
+
+
+def write_cam(saved: SavedModel, images: torch.Tensor, results: list[dict], out: Path) -> Path:
+    """Grad-CAM of each image for its first prediction, drawn over what the model saw, into `out`."""
+    from . import explain, figures
+    x = eval_batch(images.to(saved.device), saved.prep)
+    classes = torch.tensor([saved.wnids.index(r["top"][0]["wnid"]) for r in results])
+    cams = torch.cat([explain.grad_cam(saved.model, x[i:i + EVAL_BATCH_SIZE], classes[i:i + EVAL_BATCH_SIZE])
+                      for i in range(0, len(x), EVAL_BATCH_SIZE)])
+    captions = [f"{Path(r['image']).name}: {r['top'][0]['class']} {r['top'][0]['probability']:.0%}" for r in results]
+    figures.class_activation_maps(explain.shown(x, saved.prep), cams.numpy(), captions, [None] * len(results),
+                                  "Grad-CAM for the most probable class", out)
+    for r in results:
+        r["cam"] = str(out)
+    return out
 
 
 def format_result(result: dict) -> str:

@@ -7,11 +7,21 @@
     <out>/per_class_accuracy.png  the best trial's test accuracy per class, sorted
     <out>/confusion_matrix.png    the best trial's test confusion matrix
     <out>/sample_predictions.png  test images captioned "predicted / true", green right, red wrong
+    <out>/conv1_kernels.png       the best trial's 64 first-layer kernels, beside the worst trial's or the initial ones
+    <out>/top5.png                8 test images (right and wrong) with their top-5 probabilities
+    <out>/nearest_neighbours.png  6 test images and the training images nearest them in FC2's feature space
+    <out>/grad_cam.png            class-activation maps (Grad-CAM, last conv layer) over 8 test images
+    <out>/grid_map.png            best validation accuracy over the two hyperparameters that vary most
+    <out>/accuracy_vs_minutes.png configurations over seeds: mean test accuracy against minutes (when
+                                  trials repeat a configuration with other seeds, or configurations differ)
     <out>/report.json             all of the above as data, and what was missing
 
 Metrics come from the event files (tags from runlog.TAGS), never from metrics.jsonl, so the report
 shows what TensorBoard shows. The best trial's checkpoint is evaluated again on the test split (for
-per-class accuracy, confusion and samples) and on official-val, which no trial ever saw.
+per-class accuracy, confusion and samples) and on official-val, which no trial ever saw, each also
+with test-time flip averaging, reported beside the plain accuracy. Several folders (grids, runs) can
+be reported on together, to compare presets or ablations: trials that differ only in their seed are
+then summarised as one configuration (results.seed_groups).
 """
 from __future__ import annotations
 
@@ -24,19 +34,24 @@ from pathlib import Path
 
 import torch
 
-from . import figures, runlog
-from .config import HYPERPARAMETERS
+from . import explain, figures, runlog
+from .checkpoint import load_checkpoint
+from .config import HYPERPARAMETERS, TrainConfig
 from .data import OFFICIAL_VAL, atomic_path, load_dataset, write_json
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import SavedModel, per_class_rows
-from .results import best_row, format_value, write_results
+from .evaluate import SavedModel, evaluation, per_class_rows
+from .results import best_row, format_spread, format_value, grid_map, seed_groups, write_results
 
 
+DEFAULTS = TrainConfig().to_dict()
 REPORT_DIR = "report"
 REPORT_JSON = "report.json"
 FIGURES = {"table": "results_table.png", "curves": "learning_curves.png", "per_class": "per_class_accuracy.png",
-           "confusion": "confusion_matrix.png", "samples": "sample_predictions.png"}
+           "confusion": "confusion_matrix.png", "samples": "sample_predictions.png",
+           "kernels": "conv1_kernels.png", "top5": "top5.png", "neighbours": "nearest_neighbours.png",
+           "cam": "grad_cam.png", "grid_map": "grid_map.png", "accuracy_vs_minutes": "accuracy_vs_minutes.png"}
+ARRAYS = ("sample_images", "pictures")  # evaluation entries for the figures only, not for report.json
 METRIC_COLUMNS = ["epochs_done", "best_val_accuracy", "best_epoch", "test_accuracy_at_best", "final_train_loss",
                   "seconds", "status"]
 COLUMNS = ["best", "trial", *HYPERPARAMETERS, *METRIC_COLUMNS]
@@ -54,10 +69,29 @@ class Trial:
 
     @property
     def hyperparameters(self) -> dict:
-        return (self.record or {}).get("config") or self.planned or {}
+        """Its configuration; fields a run recorded before they existed take their defaults, which
+        is what it ran with (dropout 0.5, init torch, ...)."""
+        config = (self.record or {}).get("config") or self.planned or {}
+        return {**DEFAULTS, **config} if config else {}
 
 
 # ----------------------------------------------------------------------------- reading runs
+
+def find_all_trials(runs_dirs: list[Path]) -> list[Trial]:
+    """The trials of every folder, in order; a trial name that repeats is prefixed with its folder's
+    name, and numbered when that still repeats (the same folder twice, two grids of one name)."""
+    trials = [t for d in runs_dirs for t in find_trials(d)]
+    names = [t.name for t in trials]
+    for t in trials:
+        if names.count(t.name) > 1:
+            t.name = f"{t.path.parent.name}/{t.name}"
+    seen: dict[str, int] = {}
+    for t in trials:
+        seen[t.name] = seen.get(t.name, 0) + 1
+        if seen[t.name] > 1:
+            t.name = f"{t.name} ({seen[t.name]})"
+    return trials
+
 
 def find_trials(runs_dir: Path) -> list[Trial]:
     """The trials of a grid (in grid.json order when there is one), or the folder itself when it is
@@ -171,16 +205,20 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
         missing.append(str(e))
         return None
     test_split = dataset.splits["test"]
-    test = saved.evaluate(test_split, dataset.num_classes)
+    test_logits = saved.logits(test_split.images)
+    test = evaluation(test_logits, test_split.labels, dataset.num_classes)
+    flip_accuracy = lambda split: saved.evaluate(split, dataset.num_classes, flip=True).accuracy  # noqa: E731
     result = {"checkpoint": str(path), "epoch": saved.ckpt.get("epoch"), "precision": saved.precision,
               "dataset": str(root), "names": dataset.names,
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
+                       "flip_accuracy": flip_accuracy(test_split),
                        "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
               "official_val": None, "samples": []}
     official = dataset.splits[OFFICIAL_VAL]
     if len(official):
         ev = saved.evaluate(official, dataset.num_classes)
-        result["official_val"] = {"images": len(official), "loss": ev.loss, "accuracy": ev.accuracy}
+        result["official_val"] = {"images": len(official), "loss": ev.loss, "accuracy": ev.accuracy,
+                                  "flip_accuracy": flip_accuracy(official)}
     else:
         missing.append(f"dataset {root}: no {OFFICIAL_VAL} images (the source had no val/val_annotations.txt)")
     chosen = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed))[:samples]
@@ -189,7 +227,49 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
         result["samples"] = [{"file": test_split.files[i], "true": int(test_split.labels[i]), "predicted": int(p)}
                              for i, p in zip(chosen.tolist(), predicted.tolist())]
         result["sample_images"] = test_split.images[chosen].numpy()
+    if len(test_split):
+        result.update(explain.learned(saved, dataset, test_logits, seed))
     return result
+
+
+def kernel_panels(best: dict, rows: list[dict], trials: list[Trial], missing: list[str]) -> tuple[list, dict]:
+    """The best trial's conv1 kernels beside those of the worst finished trial (lowest best validation
+    accuracy), or, when it is the only one, beside its own initial weights and what training changed
+    (learned minus initial: at this data size conv1 moves little from a random start, and the change
+    shows what it learned); the captions say which."""
+    by_name = {t.name: t for t in trials}
+
+    def kernels(row: dict):
+        ckpt = load_checkpoint(by_name[row["trial"]].path / runlog.BEST_CKPT, mmap=True)
+        return ckpt, ckpt["model"]["features.0.weight"]
+
+    try:
+        ckpt, best_kernels = kernels(best)
+    except (UserError, KeyError) as e:
+        missing.append(f"trial {best['trial']}: no conv1 kernels ({e})")
+        return [], {}
+    panels = [(f"best trial (val {best['best_val_accuracy']:.1%})", explain.conv1_kernels(best_kernels))]
+    others = [r for r in rows if r is not best and r["status"] in (runlog.STATUS_DONE, runlog.STATUS_STOPPED)
+              and r.get("best_val_accuracy") is not None and (by_name[r["trial"]].path / runlog.BEST_CKPT).exists()]
+    if others:
+        worst = min(others, key=lambda r: r["best_val_accuracy"])
+        try:
+            panels.append((f"worst finished trial (val {worst['best_val_accuracy']:.1%})",
+                           explain.conv1_kernels(kernels(worst)[1])))
+            return panels, {"best": best["trial"], "compared_with": worst["trial"]}
+        except (UserError, KeyError) as e:
+            missing.append(f"trial {worst['trial']}: no conv1 kernels ({e}); showing the initial weights instead")
+    config = ckpt["config"]
+    try:
+        with torch.random.fork_rng():  # the global generator is the caller's
+            initial = explain.initial_model(ckpt).features[0].weight.detach()
+    except (KeyError, TypeError, ValueError) as e:
+        missing.append(f"trial {best['trial']}: its initial weights cannot be redone ({e!r} in its config)")
+        return panels, {"best": best["trial"], "compared_with": None}
+    panels.append((f"its initial weights (seed {config['seed']}, init {config.get('init', 'torch')})",
+                   explain.conv1_kernels(initial)))
+    panels.append(("what training changed (learned minus initial)", explain.conv1_kernels(best_kernels - initial)))
+    return panels, {"best": best["trial"], "compared_with": "initial weights"}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -208,7 +288,7 @@ def table_view(rows: list[dict], trials: list[Trial]) -> tuple[list[str], list[l
 
 
 def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | None, evaluation: dict | None,
-                 runs_name: str) -> dict[str, str]:
+                 runs_name: str, groups: list[dict], kernels: list, gridmap: dict | None) -> dict[str, str]:
     """Every figure that the data allows; returns {figure key: file name}. Stale ones are removed."""
     for name in FIGURES.values():
         (out / name).unlink(missing_ok=True)
@@ -242,7 +322,37 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
                 evaluation["sample_images"], [names[s["predicted"]] for s in evaluation["samples"]],
                 [names[s["true"]] for s in evaluation["samples"]], "Sample test images, best trial",
                 out / FIGURES["samples"]).name
+    if kernels:
+        made["kernels"] = figures.conv1_kernels(kernels, "First-layer (conv1) kernels: 64 of 11 x 11 x 3, each scaled "
+                                                "to its own range", out / FIGURES["kernels"]).name
+    if evaluation is not None and "pictures" in evaluation:
+        pictures, names = evaluation["pictures"], evaluation["names"]
+        made["top5"] = figures.top5_bars(pictures["top5"], evaluation["top5"], "Top-5 predictions, best trial",
+                                         out / FIGURES["top5"]).name
+        made["neighbours"] = figures.nearest_neighbours(
+            pictures["queries"], [q["true"] for q in evaluation["neighbours"]], pictures["neighbours"],
+            [[n["class"] for n in q["neighbours"]] for q in evaluation["neighbours"]],
+            [[n["distance"] for n in q["neighbours"]] for q in evaluation["neighbours"]],
+            "Nearest training images in FC2's feature space", out / FIGURES["neighbours"]).name
+        made["cam"] = figures.class_activation_maps(
+            pictures["cam_images"], pictures["cams"], [f"{c['predicted']} / {c['true']}" for c in evaluation["cam"]],
+            [c["predicted"] == c["true"] for c in evaluation["cam"]],
+            "Class-activation maps, best trial (Grad-CAM for the predicted class; caption: predicted / true)",
+            out / FIGURES["cam"]).name
+    if gridmap is not None:
+        made["grid_map"] = figures.grid_heatmap(gridmap["panels"], gridmap["x"], gridmap["y"],
+                                                f"Best validation accuracy over {gridmap['x']} and {gridmap['y']}",
+                                                out / FIGURES["grid_map"]).name
+    if compares_configurations(groups):
+        made["accuracy_vs_minutes"] = figures.accuracy_vs_minutes(
+            groups, f"Test accuracy against minutes: {runs_name}\n(mean and standard deviation over seeds)",
+            out / FIGURES["accuracy_vs_minutes"]).name
     return made
+
+
+def compares_configurations(groups: list[dict]) -> bool:
+    """Worth a configurations table and figure: more than one configuration, or one over seeds."""
+    return len(groups) > 1 or any(len(g["runs"]) > 1 for g in groups)
 
 
 PAGE_STYLE = """
@@ -256,6 +366,7 @@ h1{margin-bottom:4px}h2{margin-top:36px;border-bottom:1px solid #d0d7de;padding-
 .missing{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:8px 16px}
 table{border-collapse:collapse;font-size:14px}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
 th{background:#f6f8fa}td.l,th.l{text-align:left}tr.best td{background:#fff1c2;font-weight:bold}
+td.diag{background:#dff3e3;font-weight:bold}
 .scroll{overflow-x:auto}img{max-width:100%;height:auto;border:1px solid #eaeef2;margin:8px 0}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px}
 """
@@ -294,6 +405,84 @@ def _figure(made: dict, key: str, alt: str, caption: str) -> str:
     return f'<img src="{html.escape(made[key])}" alt="{html.escape(alt)}"><p class="sub">{html.escape(caption)}</p>'
 
 
+def _configurations_html(groups: list[dict], made: dict) -> str:
+    """The configurations over seeds as a table (numbers as text) and the accuracy-minutes figure."""
+    e = html.escape
+    head = "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>" for i, h in enumerate(
+        ["configuration", "seeds", "best val accuracy", "test accuracy at best", "minutes per run"]))
+    body = "".join(
+        f'<tr><td class="l">{e(g["label"])}</td><td>{e(", ".join(str(r["seed"]) for r in g["runs"]))}</td>'
+        f'<td>{e(format_spread(g["best_val_accuracy"]))}</td><td>{e(format_spread(g["test_accuracy_at_best"]))}</td>'
+        f'<td>{e(format_spread(g["minutes"], percent=False))}</td></tr>' for g in groups)
+    return (f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+            '<p class=sub>Trials that differ only in their seed, as one configuration: mean ± sample standard '
+            'deviation over the seeds. Minutes: the epochs\' training and evaluation time.</p>'
+            + _figure(made, "accuracy_vs_minutes", "test accuracy against minutes per run, one point per "
+                      "configuration with its spread over seeds", "Pick a configuration by what its time buys."))
+
+
+def _per_class_html(ev: dict | None) -> str:
+    if not ev:
+        return ""
+    rows = "".join(f'<tr><td class="l">{html.escape(c["name"])}</td><td class="l">{html.escape(c["wnid"])}</td>'
+                   f'<td>{c["accuracy"]:.1%}</td><td>{c["images"]}</td></tr>' for c in ev["test"]["per_class"])
+    return ('<table id="per-class"><tr><th class="l">class</th><th class="l">wnid</th><th>test accuracy</th>'
+            f'<th>images</th></tr>{rows}</table>')
+
+
+def _confusion_html(ev: dict | None) -> str:
+    if not ev:
+        return ""
+    names = ev["names"]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(f'<tr><th class="l">{html.escape(names[t])}</th>' + "".join(
+        f"<td{' class=diag' if t == p else ''}>{count}</td>" for p, count in enumerate(row)) + "</tr>"
+        for t, row in enumerate(ev["test"]["confusion"]))
+    return (f'<div class="scroll"><table id="confusion"><tr><th class="l">true \\ predicted</th>{head}</tr>{body}'
+            '</table></div>')
+
+
+def _learned_html(report: dict, made: dict) -> list[str]:
+    """The AlexNet paper's figures 3 and 4 and Grad-CAM, each with its numbers in words."""
+    ev, kernels = report["evaluation"], report.get("kernels") or {}
+    initial = kernels.get("compared_with") == "initial weights"
+    parts = ["<h2>What the network learned</h2>", "<h3>First-layer kernels</h3>",
+             _figure(made, "kernels", f"the 64 conv1 kernels of the best trial beside those of "
+                     f"{kernels.get('compared_with') or 'no other trial'}" + (" and the difference" if initial else ""),
+                     "Each 11 x 11 x 3 kernel scaled to its own range (the AlexNet paper's figure 3)."
+                     + (" From a random start conv1 can move little in a short run; the learned-minus-initial "
+                        "panel shows what it learned." if initial else ""))]
+    if ev and "top5" in ev:
+        right = sum(t["classes"][0] == t["true"] for t in ev["top5"])
+        k = len(ev["top5"][0]["classes"]) if ev["top5"] else 0
+        parts += ["<h3>Top-5 predictions</h3>",
+                  _figure(made, "top5", f"{len(ev['top5'])} test images ({right} right, {len(ev['top5']) - right} "
+                          f"wrong) with bars of their {k} most probable classes",
+                          "The paper's figure 4, left: the true class's bar green, a wrong first guess red.")]
+        same = sum(n["class"] == q["true"] for q in ev["neighbours"] for n in q["neighbours"])
+        total = sum(len(q["neighbours"]) for q in ev["neighbours"])
+        parts += ["<h3>Nearest neighbours in feature space</h3>",
+                  _figure(made, "neighbours", f"{len(ev['neighbours'])} test images, each beside its nearest training "
+                          f"images by FC2 features; {same} of {total} neighbours share the test image's class",
+                          "The paper's figure 4, right: Euclidean distance between the outputs of the second fully "
+                          "connected layer (4,096 in AlexNet), after its ReLU."),
+                  "<h3>Class-activation maps</h3>",
+                  _figure(made, "cam", f"Grad-CAM heat maps over {len(ev['cam'])} test images, right and wrong",
+                          "Grad-CAM on the last conv layer for the predicted class: red where the evidence for it "
+                          "lies. Also for your own photo: alexnet-tiny predict CHECKPOINT IMAGE --cam OUT.png.")]
+    return parts
+
+
+def _grid_map_html(gridmap: dict | None, made: dict) -> list[str]:
+    if not gridmap:
+        return []
+    return ["<h3>The grid as a picture</h3>",
+            _figure(made, "grid_map", f"heat map of the best validation accuracy over {gridmap['x']} and "
+                    f"{gridmap['y']}" + (f", one panel per {gridmap['panel']}" if gridmap["panel"] else ""),
+                    "Each cell: the best validation accuracy among the finished trials with those values "
+                    "(report.json: grid_map).")]
+
+
 def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict) -> str:
     e = html.escape
     best, ev = report["best"], report["evaluation"]
@@ -323,41 +512,59 @@ def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict)
         parts.append(f"<p>The best checkpoint (epoch {ev['epoch']}) scores <b>{pct(ev['official_val']['accuracy'])}</b> "
                      f"on the {ev['official_val']['images']} <code>{OFFICIAL_VAL}</code> images, which no trial "
                      f"used for training or selection; {pct(ev['test']['accuracy'])} on the "
-                     f"{ev['test']['images']} test images.</p>")
+                     f"{ev['test']['images']} test images; with test-time flip averaging (each image and its "
+                     f"mirror image) {pct(ev['official_val']['flip_accuracy'])} on {OFFICIAL_VAL}.</p>")
+    if ev:
+        parts.append(f"<p>Test accuracy with test-time flip averaging: {pct(ev['test']['flip_accuracy'])} (plain: "
+                     f"{pct(ev['test']['accuracy'])}); the table and the selection use plain accuracy.</p>")
     parts += ["<h2>Results</h2>", _table_html(header, cells, best_index),
               '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
               '<a href="results_table.png">results_table.png</a>; metrics read from the TensorBoard event files.</p>',
+              *_grid_map_html(report.get("grid_map"), made),
+              *(["<h2>Configurations over seeds</h2>", _configurations_html(report["configurations"], made)]
+                if compares_configurations(report["configurations"]) else []),
               "<h2>Learning curves</h2>",
               _figure(made, "curves", "learning curves", "Loss and accuracy per epoch for every trial; the best in red."),
               "<h2>Per-class test accuracy</h2>",
-              _figure(made, "per_class", "per-class test accuracy", "The best trial's checkpoint on the test split, "
+              _figure(made, "per_class", "per-class test accuracy of the best trial, as bars sorted from best to "
+                      "worst (the same numbers as the table below)", "The best trial's checkpoint on the test split, "
                       "sorted; the dashed line is the overall accuracy."),
+              _per_class_html(ev),
               "<h2>Confusion matrix</h2>",
-              _figure(made, "confusion", "confusion matrix", "Rows: true class, columns: predicted class (test split)."),
+              _figure(made, "confusion", "confusion matrix of the best trial on the test split (the same counts as "
+                      "the table below)", "Rows: true class, columns: predicted class (test split)."),
+              _confusion_html(ev),
               "<h2>Sample predictions</h2>",
-              _figure(made, "samples", "sample predictions", f"{len(ev['samples']) if ev else 0} test images chosen "
-                      f"with seed {report['seed']}; caption “predicted / true”, green when right, red when wrong."),
+              _figure(made, "samples", "sample test images captioned with predicted and true class",
+                      f"{len(ev['samples']) if ev else 0} test images chosen with seed {report['seed']}; caption "
+                      f"“predicted / true”, green when right, red when wrong."),
+              *_learned_html(report, made),
               "<h2>Hyperparameters</h2>", _hyperparameter_table(trials, best)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def write_report(runs_dir: Path | str, out: Path | str | None = None, progress: bool = True, log=print,
+def write_report(runs_dir: Path | str | list, out: Path | str | None = None, progress: bool = True, log=print,
                  data: Path | str | None = None, samples: int = 24, seed: int = 0, device: str = "auto") -> Path:
-    """Write the report of a grid folder or a single run folder into `out` (default RUNS_DIR/report);
-    missing pieces are listed on the page and logged, not fatal. Returns `out`."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise UserError(f"{runs_dir}: runs folder does not exist (expected a grid folder or a run folder)")
+    """Write the report of a grid folder or a single run folder (or of several, together) into `out`
+    (default RUNS_DIR/report; required for several); missing pieces are listed on the page and
+    logged, not fatal. Returns `out`."""
+    runs_dirs = [Path(d) for d in (runs_dir if isinstance(runs_dir, (list, tuple)) else [runs_dir])]
+    for d in runs_dirs:
+        if not d.is_dir():
+            raise UserError(f"{d}: runs folder does not exist (expected a grid folder or a run folder)")
     if samples < 0:
         raise UserError(f"--samples {samples}: expected 0 or more")
-    out = Path(out) if out is not None else runs_dir / REPORT_DIR
+    if out is None and len(runs_dirs) > 1:
+        raise UserError(f"{len(runs_dirs)} runs folders: pass --out for their joint report")
+    out = Path(out) if out is not None else runs_dirs[0] / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     missing: list[str] = []
-    trials = find_trials(runs_dir)
+    trials = find_all_trials(runs_dirs)
+    where = ", ".join(map(str, runs_dirs))
     if not trials:
-        missing.append(f"{runs_dir}: no trials found (no run folders with {runlog.CONFIG_FILE} or event files)")
-    log(f"report: reading {len(trials)} trial(s) from {runs_dir}")
+        missing.append(f"{where}: no trials found (no run folders with {runlog.CONFIG_FILE} or event files)")
+    log(f"report: reading {len(trials)} trial(s) from {where}")
     trials = [load_trial(t, missing) for t in trials]
     rows = [trial_row(t) for t in trials]
     best = choose_best(rows, missing)
@@ -374,11 +581,16 @@ def write_report(runs_dir: Path | str, out: Path | str | None = None, progress: 
         log(f"report: missing: {m}")
 
     write_results(out, rows, columns=COLUMNS, best=best)
-    made = draw_figures(out, trials, rows, best, evaluation, runs_dir.resolve().name)
-    report = {"name": runs_dir.resolve().name, "runs_dir": str(runs_dir),
+    groups = seed_groups(rows)
+    gridmap = grid_map(rows)
+    kernels, kernel_info = kernel_panels(best, rows, trials, missing) if evaluation is not None else ([], {})
+    name = " + ".join(d.resolve().name for d in runs_dirs)
+    made = draw_figures(out, trials, rows, best, evaluation, name, groups, kernels, gridmap)
+    report = {"name": name, "runs_dir": where,
               "generated": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
-              "trials": rows, "best": best, "figures": made, "missing": missing,
-              "evaluation": {k: v for k, v in evaluation.items() if k != "sample_images"} if evaluation else None}
+              "trials": rows, "best": best, "configurations": groups, "grid_map": gridmap, "kernels": kernel_info,
+              "figures": made, "missing": missing,
+              "evaluation": {k: v for k, v in evaluation.items() if k not in ARRAYS} if evaluation else None}
     write_json(out / REPORT_JSON, report)
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(render_html(report, rows, trials, made))

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 
 from . import runlog
-from .config import HYPERPARAMETERS, TrainConfig
+from .config import HYPERPARAMETERS, TrainConfig, describe
 from .data import atomic_path
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
@@ -73,3 +74,57 @@ def write_results(out: Path, rows: list[dict], columns: list[str] = RESULT_COLUM
         lines.append(f"| {mark} | " + " | ".join(format_value(r[c], c) for c in cols) + " |")
     with atomic_path(out / RESULTS_MD) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+GROUP_METRICS = ("best_val_accuracy", "test_accuracy_at_best", "minutes")
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """The done trials that differ only in their seed, as one configuration each (in the order they
+    first appear): its label (config.describe), its runs ({seed, trial, and GROUP_METRICS}: best
+    validation accuracy, test accuracy at that epoch, and minutes, the epochs' training and evaluation
+    seconds), and the mean and sample standard deviation (None for one seed) of each metric."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("status") != runlog.STATUS_DONE or r.get("test_accuracy_at_best") is None or r.get("seconds") is None:
+            continue
+        config = {h: r.get(h) for h in HYPERPARAMETERS if h != "seed"}
+        group = groups.setdefault(tuple(map(repr, config.values())),
+                                  {"label": describe(config), "config": config, "runs": []})
+        group["runs"].append({"seed": r.get("seed"), "trial": r["trial"], "best_val_accuracy": r["best_val_accuracy"],
+                              "test_accuracy_at_best": r["test_accuracy_at_best"], "minutes": r["seconds"] / 60})
+    for g in groups.values():
+        for key in GROUP_METRICS:
+            values = [run[key] for run in g["runs"]]
+            g[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+    return list(groups.values())
+
+
+def format_spread(stat: dict, percent: bool = True) -> str:
+    """"61.3 ± 2.1%" (or "61.3%" for one seed); minutes as "13.9 ± 0.2"."""
+    scale, unit = (100, "%") if percent else (1, "")
+    mean, sd = scale * stat["mean"], None if stat["sd"] is None else scale * stat["sd"]
+    return f"{mean:.1f}{unit}" if sd is None else f"{mean:.1f} ± {sd:.1f}{unit}"
+
+
+def grid_map(rows: list[dict]) -> dict | None:
+    """The grid as a picture's data: best validation accuracy (the highest among finished trials,
+    whatever else differs) over the two hyperparameters with the most distinct values (seed aside;
+    ties in HYPERPARAMETERS order), one panel per value of a third when there is one. None when
+    fewer than two hyperparameters vary."""
+    finished = [r for r in rows if r.get("status") in (runlog.STATUS_DONE, runlog.STATUS_STOPPED)]
+    known = [r for r in rows if r.get("lr") is not None]
+    values = {h: sorted({r[h] for r in known}, key=lambda v: (str(type(v)), v)) for h in HYPERPARAMETERS if h != "seed"}
+    varying = sorted((h for h in values if len(values[h]) > 1), key=lambda h: -len(values[h]))
+    if len(varying) < 2:
+        return None
+    x, y, *rest = varying
+    panel_key = rest[0] if rest else None
+    panels = []
+    for p in (values[panel_key] if panel_key else [None]):
+        cells = [[max((r["best_val_accuracy"] for r in finished if r[x] == xv and r[y] == yv
+                       and (panel_key is None or r[panel_key] == p) and r.get("best_val_accuracy") is not None),
+                      default=None) for xv in values[x]] for yv in values[y]]
+        panels.append({"title": f"{panel_key} = {format_value(p)}" if panel_key else "", "x": values[x],
+                       "y": values[y], "values": cells})
+    return {"x": x, "y": y, "panel": panel_key, "panels": panels}

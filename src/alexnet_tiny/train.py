@@ -42,7 +42,7 @@ class TrialState:
     def __init__(self, config: TrainConfig, num_classes: int, device):
         self.config = config
         torch.manual_seed(config.seed)
-        self.model = AlexNet(num_classes, init=config.init).to(device)
+        self.model = AlexNet(num_classes, init=config.init, dropout=config.dropout).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
 

@@ -40,7 +40,7 @@ from .transforms import random_boxes, sample_boxes
 
 # The fields that shape a trial's data stream: trials equal in these see the same batches and
 # dropout masks, and can share one stack (which starts every trial from one set of weights: init).
-STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup", "init")
+STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup", "init", "dropout")
 
 
 def stream_key(config: TrainConfig) -> tuple:
