@@ -155,7 +155,7 @@ def test_what_the_network_learned_as_numbers(report, grid_dir, small_data):
         assert all(n["file"].startswith("train/") for n in q["neighbours"])
     assert len(ev["cam"]) == 8 and all(0 <= c["peak"][0] < 64 and 0 <= c["peak"][1] < 64 for c in ev["cam"])
     assert rep["kernels"] == {"best": best, "compared_with": next(t for t in (r["trial"] for r in rep["trials"])
-                                                                  if t != best)}
+                                                                  if t != best), "change": True}
     gm = rep["grid_map"]
     assert (gm["x"], gm["y"], gm["panel"]) == ("lr", "momentum", None)
     cells = {(x, y): v for p in gm["panels"] for y, row in zip(p["y"], p["values"]) for x, v in zip(p["x"], row)}
