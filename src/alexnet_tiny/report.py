@@ -250,7 +250,7 @@ def kernel_panels(best: dict, rows: list[dict], trials: list[Trial], missing: li
         return [], {}
     panels = [(f"best trial (val {best['best_val_accuracy']:.1%})", explain.conv1_kernels(best_kernels))]
     info = {"best": best["trial"], "compared_with": None, "change": False}
-    others = [r for r in rows if r is not best and r["status"] in (runlog.STATUS_DONE, runlog.STATUS_STOPPED)
+    others = [r for r in rows if r is not best and r["status"] in runlog.SCORED
               and r.get("best_val_accuracy") is not None and (by_name[r["trial"]].path / runlog.BEST_CKPT).exists()]
     if others:
         worst = min(others, key=lambda r: r["best_val_accuracy"])

@@ -48,7 +48,7 @@ def best_row(rows: list[dict], finished_only: bool = True) -> dict | None:
     finished trials (status done, or stopped early by the scheduler) count unless `finished_only`
     is False."""
     scored = [r for r in rows if r.get("best_val_accuracy") is not None
-              and (r["status"] in (runlog.STATUS_DONE, runlog.STATUS_STOPPED) or not finished_only)]
+              and (r["status"] in runlog.SCORED or not finished_only)]
     return max(scored, key=lambda r: r["best_val_accuracy"], default=None)
 
 
@@ -112,7 +112,7 @@ def grid_map(rows: list[dict]) -> dict | None:
     whatever else differs) over the two hyperparameters with the most distinct values (seed aside;
     ties in HYPERPARAMETERS order), one panel per value of a third when there is one. None when
     fewer than two hyperparameters vary."""
-    finished = [r for r in rows if r.get("status") in (runlog.STATUS_DONE, runlog.STATUS_STOPPED)]
+    finished = [r for r in rows if r.get("status") in runlog.SCORED]
     known = [r for r in rows if r.get("lr") is not None]
     values = {h: sorted({r[h] for r in known}, key=lambda v: (str(type(v)), v)) for h in HYPERPARAMETERS if h != "seed"}
     varying = sorted((h for h in values if len(values[h]) > 1), key=lambda h: -len(values[h]))

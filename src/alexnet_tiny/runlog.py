@@ -28,6 +28,7 @@ HPARAM_METRICS = {"best_val_accuracy": "hparams/best_val_accuracy", "test_accura
 STATUS_RUNNING, STATUS_DONE, STATUS_DIVERGED, STATUS_FAILED = "running", "done", "diverged", "failed"
 STATUS_STOPPED = "stopped"  # ended early at a rung by the grid's scheduler (asha.py)
 FINISHED = (STATUS_DONE, STATUS_DIVERGED, STATUS_STOPPED)  # a resume skips these; others continue from last.pt
+SCORED = (STATUS_DONE, STATUS_STOPPED)  # finished with a validation score that counts for the best trial
 
 
 def read_config(run: Path) -> dict | None:
