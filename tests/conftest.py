@@ -89,14 +89,22 @@ def small_data(tiny_data, tmp_path_factory) -> Path:
     return root
 
 
+NARROW = Path(__file__).parent / "narrow"
+# The environment of CLI subprocesses that train the narrow network too (narrow/sitecustomize.py).
+NARROW_HIDDEN = 256
+NARROW_ENV = {"PYTHONPATH": os.pathsep.join([str(NARROW), *filter(None, [os.environ.get("PYTHONPATH")])]),
+              "NARROW_HIDDEN": str(NARROW_HIDDEN)}
+
+
 @pytest.fixture(scope="module")
 def narrow_alexnet():
     """For test modules that train many trial-epochs but do not need the real width: AlexNet's two
     hidden fully connected layers 256 wide instead of 4096, in this process (every layer, code path
     and file the same; a trial folder's checkpoints 50 MB instead of 0.7 GB). Subprocesses (the CLI)
-    train the real network. Use with `pytestmark = pytest.mark.usefixtures("narrow_alexnet")`."""
+    train the real network unless started with NARROW_ENV.
+    Use with `pytestmark = pytest.mark.usefixtures("narrow_alexnet")`."""
     from alexnet_tiny import model
-    before, model.HIDDEN = model.HIDDEN, 256
+    before, model.HIDDEN = model.HIDDEN, NARROW_HIDDEN
     yield
     model.HIDDEN = before
 

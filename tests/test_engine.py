@@ -24,7 +24,7 @@ from alexnet_tiny.errors import UserError
 from alexnet_tiny.model import AlexNet, count_parameters
 from alexnet_tiny.train import TrialState, train
 from alexnet_tiny.trial import TrialLosses, momenta_from_state, stream_key
-from conftest import FAST, quiet, run_cli, stop_after, without_timing
+from conftest import FAST, NARROW_ENV, quiet, run_cli, stop_after, without_timing
 
 BASE = FAST.replace(lr=0.02, batch_size=16, epochs=2)  # 12 steps an epoch on small_data
 TRIALS = [BASE,
@@ -407,7 +407,7 @@ def test_grid_cli_with_the_stacked_engine(small_data, tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text('preset = "quick"\nlr = [0.004, 0.002]\nmomentum = [0.9, 0.5]\nepochs = 1\nbatch_size = 32\n')
     proc = run_cli("grid", "--config", grid, "--data", small_data, "--out", tmp_path / "g", "--device", "cpu",
-                   "--engine", "stacked", "--max-stack", "3", "--no-report", "-q", check=True)
+                   "--engine", "stacked", "--max-stack", "3", "--no-report", "-q", check=True, env=NARROW_ENV)
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("grid: 4 trials (0 already finished), estimated ")  # measured on a stack of 3
     assert lines[1] == "stacked engine: 4 trials in 2 stack(s) of 3, 1"

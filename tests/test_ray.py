@@ -17,7 +17,7 @@ import pytest
 from alexnet_tiny import runlog
 from alexnet_tiny.results import RESULTS_CSV
 
-from conftest import FAST, run_cli
+from conftest import FAST, NARROW_ENV, run_cli
 
 LRS = [0.01, 0.02]
 NAMES = [FAST.replace(lr=lr).name() for lr in LRS]
@@ -26,6 +26,9 @@ TIMING_TAGS = {runlog.TAGS["epoch_seconds"], runlog.TAGS["images_per_second"]}
 # One thread for every trial on both backends: the Ray trials run with torch threads = --cpus-per-trial,
 # and equal thread counts make the two backends' CPU results bit-identical.
 ENV = {"RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
+# The interrupted grid and its local twin: every process, Ray's workers included, trains the narrow
+# network (conftest.NARROW_ENV), the same on both backends in a fraction of the time.
+NARROW = {**ENV, **NARROW_ENV}
 
 
 def grid_toml(path: Path) -> Path:
@@ -64,7 +67,7 @@ def ray_grid(small_data, tmp_path_factory) -> dict:
     toml, out = grid_toml(tmp / "two.toml"), tmp / "ray-grid"
     args = grid_args(toml, small_data, out, "--backend", "ray", "--cpus-per-trial", "1")
     # its own session: the SIGINT goes to the whole process group, as Ctrl-C in a terminal does
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *map(str, args)], env={**os.environ, **ENV},
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *map(str, args)], env={**os.environ, **NARROW},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
@@ -77,7 +80,7 @@ def ray_grid(small_data, tmp_path_factory) -> dict:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     before = {n: runlog.read_metrics(out / n) for n in NAMES}
-    resumed = run_cli(*args, "--resume", env=ENV)
+    resumed = run_cli(*args, "--resume", env=NARROW)
     yield {"toml": toml, "out": out, "args": args, "saved": saved, "before": before,
            "interrupted": subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
            "resumed": resumed}
@@ -107,7 +110,7 @@ def test_ctrl_c_stops_the_ray_grid_and_resume_finishes_it(ray_grid):
 def test_ray_grid_equals_the_local_grid(ray_grid, small_data, tmp_path):
     out = ray_grid["out"]
     local = tmp_path / "local-grid"
-    run_cli(*grid_args(ray_grid["toml"], small_data, local), env=ENV, check=True)
+    run_cli(*grid_args(ray_grid["toml"], small_data, local), env=NARROW, check=True)
 
     ray_rows, local_rows = read_csv(out / RESULTS_CSV), read_csv(local / RESULTS_CSV)
     assert [r["trial"] for r in ray_rows] == NAMES
@@ -133,7 +136,7 @@ def test_resume_of_a_finished_ray_grid_trains_nothing(ray_grid):
     out = ray_grid["out"]
     csv_before = (out / RESULTS_CSV).read_text()
     stamps = {p: p.stat().st_mtime_ns for n in NAMES for p in (out / n).iterdir()}
-    again = run_cli(*ray_grid["args"], "--resume", env=ENV, check=True)
+    again = run_cli(*ray_grid["args"], "--resume", env=NARROW, check=True)
     assert "2 already finished" in again.stderr
     assert "ray:" not in again.stderr  # Ray is not even started
     assert (out / RESULTS_CSV).read_text() == csv_before
