@@ -197,32 +197,27 @@ def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str]
 
 def accuracy_vs_minutes(groups: list[dict], title: str, path: Path) -> Path:
     """One point per configuration (results.seed_groups): mean test accuracy against mean minutes, with
-    bars of one standard deviation across its seeds both ways, each seed as a small dot, and the
-    configuration's label and seed count beside it."""
+    bars of one standard deviation across its seeds both ways, each seed as a small dot; the legend
+    names each configuration's colour with its mean and seed count (labels beside clustered points
+    would overlap)."""
     fig, ax = plt.subplots(figsize=(10, 6.5))
     colours = plt.get_cmap("tab10")
-    span = max((g["minutes"]["mean"] for g in groups), default=1)
-    placed: list[tuple[float, float]] = []
     for i, g in enumerate(groups):
         colour = colours(i % colours.N)
-        x, y = g["minutes"]["mean"], g["test_accuracy_at_best"]["mean"]
+        x, y, n = g["minutes"]["mean"], g["test_accuracy_at_best"]["mean"], len(g["runs"])
         ax.errorbar(x, y, xerr=g["minutes"]["sd"] or 0, yerr=g["test_accuracy_at_best"]["sd"] or 0, fmt="o",
-                    markersize=9, color=colour, capsize=4, linewidth=1.5, zorder=3)
+                    markersize=9, color=colour, capsize=4, linewidth=1.5, zorder=3,
+                    label=f"{textwrap.fill(g['label'], 44)}: {y:.1%}, {n} seed{'s' if n > 1 else ''}, {x:.1f} min")
         ax.scatter([r["minutes"] for r in g["runs"]], [r["test_accuracy_at_best"] for r in g["runs"]], s=14,
                    color=colour, alpha=0.5, zorder=2)
-        n = len(g["runs"])
-        crowded = any(abs(x - px) < 0.2 * span and abs(y - py) < 0.05 for px, py in placed)
-        placed.append((x, y))
-        ax.annotate(f"{textwrap.fill(g['label'], 34)}\n{y:.1%}, {n} seed{'s' if n > 1 else ''}", (x, y),
-                    xytext=(10, -30) if crowded else (10, 6), textcoords="offset points", fontsize=9, color=colour,
-                    fontweight="bold")
+    ax.legend(loc="lower right", fontsize=8.5, framealpha=0.9)
     ax.set_xlabel("minutes per run (training and evaluation, mean over seeds)")
     ax.set_ylabel("test accuracy at the best validation epoch")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    xs = [g["minutes"]["mean"] for g in groups] or [1]
     ys = [g["test_accuracy_at_best"]["mean"] for g in groups] or [0.5]
-    ax.set_xlim(0, max(xs) * 1.35)
-    ax.set_ylim(max(0, min(ys) - 0.08), min(1, max(ys) + 0.06))
+    right = max((g["minutes"]["mean"] + (g["minutes"]["sd"] or 0) for g in groups), default=1)
+    ax.set_xlim(0, right * 1.05)
+    ax.set_ylim(max(0, min(ys) - 0.08 - 0.02 * len(groups)), min(1, max(ys) + 0.04))  # room for the legend
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=12, fontweight="bold")
     return _save(fig, path)
