@@ -45,7 +45,7 @@ from alexnet_tiny.data import Split, ensure_dataset, prepare
 from alexnet_tiny.engine import StackedAlexNet, StackedSGD, evaluate_stack, train_stack_epoch
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.model import AlexNet, count_parameters
-from alexnet_tiny.device import resolve_device
+from alexnet_tiny.device import autocast, resolve_device
 from alexnet_tiny.evaluate import evaluate
 from alexnet_tiny.progress import format_duration
 from alexnet_tiny.train import CPU_TRAINING_LAYOUT, TrialState, train_one_epoch
@@ -221,7 +221,7 @@ class Bench:
 
     def autocast(self, pipeline: str):
         if pipeline == "engine" and self.args.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return autocast(self.device, "bf16")  # the loops' own region (no stale bf16 weight cache)
         return nullcontext()
 
     def epoch(self, pipeline: str, model, optimizer, config: TrainConfig, epoch: int, train: Split | None = None):

@@ -71,7 +71,7 @@ def test_train_flags():
 def test_prepare_summary(pipeline):
     assert pipeline.prepare.stdout.splitlines() == [pipeline.prepare.stdout.strip()]  # -q: only the summary
     assert pipeline.prepare.stdout.startswith(
-        f"prepared {pipeline.data}: 3 classes (train 1200, val 150, test 150, official-val 12) in ")
+        f"prepared {pipeline.data}: 3 classes (train 1200, val 150, test 150, official-val 12; split number) in ")
 
 
 @pytest.mark.slow

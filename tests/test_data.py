@@ -84,7 +84,7 @@ def test_dataset_json(tiny_data, tiny_source):
     assert meta["wnids"] == TINY_WNIDS
     assert meta["names"] == ["colour0", "colour1", "colour2"]  # first name of each words.txt entry
     assert meta["counts"] == {"train": 1200, "val": 150, "test": 150, OFFICIAL_VAL: 12}
-    assert meta["seed"] == 0
+    assert meta["split"] == "number" and meta["seed"] is None  # the study's split needs no seed
     assert meta["source_sha256"] == Source(tiny_source).sha256
 
 
@@ -106,16 +106,50 @@ def test_prepared_files_are_the_source_bytes(tiny_data, tiny_source):
         assert (tiny_data / rel).read_bytes() == (tiny_source / "train" / wnid / "images" / name).read_bytes()
 
 
-def test_split_is_deterministic_in_the_seed(tiny_data, tiny_source, tmp_path):
-    same = prepare(tmp_path / "same", source=tiny_source, classes=3, seed=0, progress=False)
-    other = prepare(tmp_path / "other", source=tiny_source, classes=3, seed=1, progress=False)
-    assert split_files(same) == split_files(tiny_data)
-    a, b = split_files(tiny_data), split_files(other)
+def test_hashed_split_is_deterministic_in_the_seed(tiny_data, tiny_source, tmp_path):
+    hashed = prepare(tmp_path / "hashed", source=tiny_source, classes=3, seed=0, split="hash", progress=False)
+    same = prepare(tmp_path / "same", source=tiny_source, classes=3, seed=0, split="hash", progress=False)
+    other = prepare(tmp_path / "other", source=tiny_source, classes=3, seed=1, split="hash", progress=False)
+    assert split_files(same) == split_files(hashed)
+    assert split_files(hashed)["test"] != split_files(tiny_data)["test"]  # not the study's numbered split
+    a, b = split_files(hashed), split_files(other)
     assert a["val"] != b["val"] and a["test"] != b["test"]
     assert sorted(a["train"] + a["val"] + a["test"]) != sorted(b["train"] + b["val"] + b["test"])  # other folders
     names = lambda files: sorted(Path(f).name for s in ("train", "val", "test") for f in files[s])  # noqa: E731
     assert names(a) == names(b)  # the same images, only assigned differently
-    assert read_meta(other)["seed"] == 1
+    assert read_meta(other)["seed"] == 1 and read_meta(other)["split"] == "hash"
+
+
+def test_numbered_split_is_the_studys_on_the_embedded_archive(embedded_data):
+    """The study's split: file numbers 0-49 validation, 50-99 test, 100-499 train, in every class."""
+    files = split_files(embedded_data)
+    numbers = {s: {} for s in ("train", "val", "test")}
+    for split in numbers:
+        for rel in files[split]:
+            _, wnid, name = rel.split("/")
+            assert name.startswith(f"{wnid}_")
+            numbers[split].setdefault(wnid, set()).add(int(name[len(wnid) + 1:-len(".JPEG")]))
+    for wnid in EMBEDDED_WNIDS:
+        assert numbers["val"][wnid] == set(range(0, 50))
+        assert numbers["test"][wnid] == set(range(50, 100))
+        assert numbers["train"][wnid] == set(range(100, 500))
+
+
+def test_numbered_split_refuses_names_without_numbers(tmp_path):
+    src = make_source(tmp_path / "src", classes=1, per_class=500, val_per_class=1)
+    folder = src / "train" / "n09000000" / "images"
+    (folder / "n09000000_7.JPEG").rename(folder / "holiday.JPEG")
+    with pytest.raises(UserError, match="holiday.JPEG: no file number"):
+        prepare(tmp_path / "ds", source=src, classes=1, progress=False)
+    assert not (tmp_path / "ds").exists()
+    hashed = prepare(tmp_path / "hashed", source=src, classes=1, split="hash", progress=False, seed=0)
+    assert read_meta(hashed)["counts"]["train"] == 400  # any names: 400 / 50 / 50
+
+
+def test_numbered_split_needs_each_range(tmp_path):
+    src = make_source(tmp_path / "src", classes=1, per_class=60, val_per_class=1)  # numbers 0-59: no train images
+    with pytest.raises(UserError, match="no image numbered 100 or more for the train split"):
+        prepare(tmp_path / "ds", source=src, classes=1, progress=False)
 
 
 def test_cache_holds_every_image_decoded_once(tiny_data):
@@ -164,13 +198,13 @@ def test_embedded_archive(embedded_data):
     ds = load_dataset(embedded_data, progress=False)
     assert [len(ds.splits[s]) for s in SPLITS] == [4000, 500, 500, 500]
     assert ds.splits["train"].images.shape[1:] == (3, 64, 64)
-    # The split is a function of (seed, file names) only: pinned, so that it stays the same everywhere.
+    # The split is a function of the file names only: pinned, so that it stays the same everywhere.
     digest = hashlib.sha256("\n".join(split_files(embedded_data)["test"]).encode()).hexdigest()
     assert digest == EMBEDDED_TEST_SPLIT_SHA256
 
 
-# sha256 of the sorted test-split paths of the embedded archive prepared with seed 0.
-EMBEDDED_TEST_SPLIT_SHA256 = "a8851feadf9c9d67c521fda6407e41acf06b679854704b32dc4156e6ec982d59"
+# sha256 of the sorted test-split paths of the embedded archive prepared with the numbered split.
+EMBEDDED_TEST_SPLIT_SHA256 = "867d230b2d6036fb7129101436771b65b5eb5a3e0171d7abcd3958407f3743b4"
 
 
 # ----------------------------------------------------------------------------- re-running, cache
@@ -186,7 +220,7 @@ def test_prepare_again_with_the_same_inputs_does_nothing(tiny_data, tiny_source)
     assert not [p for p in tiny_data.parent.iterdir() if ".tmp-" in p.name]
 
 
-@pytest.mark.parametrize("change", [{"seed": 1}, {"classes": 2}, {"wnids": ["n09000002"]}])
+@pytest.mark.parametrize("change", [{"split": "hash"}, {"classes": 2}, {"wnids": ["n09000002"]}])
 def test_prepare_refuses_other_inputs_into_an_existing_folder(tiny_data, tiny_source, change):
     before = mtimes(tiny_data)
     with pytest.raises(UserError, match="already exists with different contents"):
@@ -321,9 +355,9 @@ def bad_absent_wnid(src, tmp_path):
 
 
 def bad_too_few_images(src, tmp_path):
-    for p in sorted((src / "train" / "n09000000" / "images").iterdir())[:3]:
-        p.unlink()
-    return {"source": src}, "class n09000000 has 497 images, the split needs 500"
+    for n in range(50, 100):  # the study's test images of one class
+        (src / "train" / "n09000000" / "images" / f"n09000000_{n}.JPEG").unlink()
+    return {"source": src}, "no image numbered 50-99 for the test split"
 
 
 def bad_too_many_classes(src, tmp_path):

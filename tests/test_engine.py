@@ -241,6 +241,32 @@ def test_weight_decay_moves_weights_and_spares_biases_in_both_loops():
             assert not torch.equal(p.detach(), w0[name])
 
 
+def test_trials_sharing_their_update_share_one_fused_call():
+    """A step's fused SGD calls: one per set of trials with the same lr, momentum, nesterov and decay,
+    weights and biases together without weight decay; each trial's update is the one it gets alone."""
+    torch.manual_seed(0)
+    stack = StackedAlexNet(AlexNet(3), 4)
+    configs = [BASE, BASE.replace(seed=1), BASE.replace(lr=0.05), BASE.replace(weight_decay=5e-4)]
+    sgd = StackedSGD(stack, configs)
+    # trials 0 and 1, with trial 3's biases (no decay on biases); trial 2 alone; trial 3's decayed weights
+    assert len(sgd.calls) == 3
+    grads = [torch.randn_like(p) for p in stack.params]
+    w0 = [stack.trial_state_dict(k) for k in range(4)]
+    for p, g in zip(stack.params, grads):
+        p.grad = g.clone()
+    sgd.step()
+    for k, config in enumerate(configs):
+        single = TrialState(config, 3, "cpu")
+        single.model.load_state_dict(w0[k])
+        for p, g in zip(single.model.parameters(), grads):
+            p.grad = g[k].clone()
+        single.step(config.lr)
+        for (name, p), stacked in zip(single.model.named_parameters(), stack.params):
+            assert torch.equal(stacked[k].detach(), p.detach()), (k, name)
+    sgd.deactivate(1)
+    assert len(sgd.calls) == 3 and sum(len(c[3]) for c in sgd.calls) == 3 * len(stack.params)
+
+
 @pytest.mark.slow
 def test_stacked_run_folders_are_what_train_writes(stacked, alone, dataset):
     for t in TRIALS:

@@ -167,3 +167,17 @@ def test_kaiming_initialisation_draws():
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), AlexNet(10).state_dict().values()))
     with pytest.raises(ValueError, match="init='xavier'"):
         AlexNet(10, init="xavier")
+
+
+def test_dropout_keeps_the_activation_dtype():
+    """Under bf16 autocast the classifier stays in bf16: the mask takes the activation's dtype, with
+    the same values (0 or 2 at p = 0.5) and the same random stream as in fp32."""
+    from alexnet_tiny.model import Dropout
+    layer = Dropout(0.5).train()
+    x = torch.ones(4, 64)
+    torch.manual_seed(3)
+    full = layer(x)
+    torch.manual_seed(3)
+    half = layer(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and torch.equal(half.float(), full)
+    assert set(full.unique().tolist()) == {0.0, 2.0}

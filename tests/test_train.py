@@ -20,7 +20,7 @@ from alexnet_tiny.data import load_dataset
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.device import resolve_device
 from alexnet_tiny.evaluate import evaluate
-from alexnet_tiny.train import train
+from alexnet_tiny.train import TrialState, train
 from conftest import FAST, quiet, stop_after, without_timing
 
 pytestmark = pytest.mark.usefixtures("narrow_alexnet")  # many trial-epochs; the real width is not needed
@@ -312,3 +312,19 @@ def test_run_files_are_strict_json(run_a):
     assert rec["status"] == runlog.STATUS_DONE
     rows = [json.loads(line, parse_constant=refuse) for line in (run_a / runlog.METRICS_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_bf16_forward_after_a_step_sees_the_updated_weights(dataset):
+    """One autocast region spans an epoch: each forward in it must use the weights as the last SGD
+    step left them (autocast's cache of bf16 weight copies would keep the epoch's first ones)."""
+    from alexnet_tiny.device import autocast
+    from alexnet_tiny.transforms import eval_batch
+    state = TrialState(TRAIN, dataset.num_classes, "cpu")
+    state.model.eval()  # no dropout: the same input gives the same logits unless the weights changed
+    x, y = eval_batch(dataset.splits["train"].images[:8], TRAIN.image_size), dataset.splits["train"].labels[:8]
+    with autocast("cpu", "bf16"):
+        before = state.model(x)
+        torch.nn.functional.cross_entropy(before.float(), y).backward()
+        state.step(0.05)
+        after = state.model(x)
+    assert (after.float() - before.float()).abs().max() > 1e-3

@@ -59,9 +59,17 @@ def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) ->
     return ckpt
 
 
+def checkpoint_outputs(ckpt: dict) -> int:
+    """The width of the checkpoint's last layer, as its weights say: one per class, or more (the study's
+    code trained a 200-way head on 10 classes)."""
+    last = ckpt["model"].get("classifier.6.weight")
+    classes = len(ckpt["classes"]["wnids"])
+    return last.shape[0] if last is not None and last.ndim == 2 and last.shape[0] >= classes else classes
+
+
 def model_from_checkpoint(ckpt: dict, device="cpu") -> AlexNet:
     fc1 = ckpt["model"].get("classifier.1.weight")  # its hidden width, as the checkpoint's weights say
-    model = AlexNet(num_classes=len(ckpt["classes"]["wnids"]), hidden=fc1.shape[0] if fc1 is not None else None)
+    model = AlexNet(num_classes=checkpoint_outputs(ckpt), hidden=fc1.shape[0] if fc1 is not None else None)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .config import HYPERPARAMETERS, TYPES, preset
-from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLITS
+from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLIT_KINDS, SPLITS, split_description
 from .device import require_torch
 from .errors import UserError
 
@@ -20,7 +20,13 @@ def log(msg: str) -> None:
 def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--lr, --momentum, ..., --step-size); None = from the preset."""
     helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs",
-             "weight_decay": "on conv and linear weights, not biases", "schedule": "step or cosine",
+             "weight_decay": "on conv and linear weights, not biases",
+             "schedule": "step: StepLR(step size, gamma) once per epoch (the study's intent); constant: the rate "
+                         "never moves (what the study's code did: gamma had no effect); cosine: warmup, then cosine to 0",
+             "input": "how the 64 px image becomes --image-size: resize (resize and crop; random crops in training) or "
+                      "pad (centred on a black canvas, as the study's code; training only flips)",
+             "outputs": "outputs of the last layer: 0 (default) one per class; the study's code had 200 for 10 classes "
+                        "(predictions are the argmax over all of them)",
              "warmup_epochs": "linear warmup epochs (cosine schedule)", "augment": "crop or rrc (random resized crop)",
              "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
              "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)",
@@ -33,8 +39,9 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
         else:
             p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=helps.get(name))
-    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study), quick (CPU minutes), recipe (modern training, GPU) "
-                        "or recipe-cpu (the recipe in half an hour on a 2-core laptop CPU)")
+    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study as its code ran), readme "
+                        "(the study's README reading: 224 px, StepLR(7)), quick (CPU minutes), recipe (modern training, "
+                        "GPU) or recipe-cpu (the recipe in half an hour on a 2-core laptop CPU)")
 
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
@@ -54,11 +61,14 @@ def cmd_prepare(args) -> int:
     from .data import load_dataset, prepare
     t0 = time.time()
     wnids = [w for w in args.wnids.split(",") if w] if args.wnids else None
-    out = prepare(args.out, source=args.source, classes=args.classes, wnids=wnids, seed=args.seed,
-                  progress=not args.quiet)
+    if args.seed is not None and args.split != "hash":
+        raise UserError(f"--seed {args.seed}: only --split hash takes a seed (--split number is fixed by file names)")
+    out = prepare(args.out, source=args.source, classes=args.classes, wnids=wnids,
+                  seed=args.seed if args.seed is not None else 0, progress=not args.quiet, split=args.split)
     ds = load_dataset(out, progress=not args.quiet)
     counts = ", ".join(f"{s} {len(ds.splits[s])}" for s in SPLITS)
-    print(f"prepared {out}: {ds.num_classes} classes ({counts}) in {time.time() - t0:.1f}s")
+    print(f"prepared {out}: {ds.num_classes} classes ({counts}; split {split_description(ds.meta)}) "
+          f"in {time.time() - t0:.1f}s")
     return 0
 
 
@@ -159,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="Tiny ImageNet zip or folder (default: the embedded Tiny Image10 archive)")
     p.add_argument("--classes", type=int, default=10, help="take the first N wnids in sorted order (default 10)")
     p.add_argument("--wnids", default=None, help="comma-separated wnids instead of --classes")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--split", default="number", choices=SPLIT_KINDS,
+                   help="number (default): the study's split by the file number n of <wnid>_<n>.JPEG, 0-49 val, "
+                        "50-99 test, 100 and up train; hash: 400/50/50 per class ordered by a seeded hash of the "
+                        "file names (--seed)")
+    p.add_argument("--seed", type=int, default=None, help="--split hash: its seed (default 0)")
     p.add_argument("--out", default=str(DEFAULT_DATA_DIR), help=f"output folder (default {DEFAULT_DATA_DIR})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare)
@@ -185,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
-    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes), seed (the original 12 trials) "
-                        "or recipe (the recipe's ablation over 3 seeds)")
+    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes), seed (the original 12 trials, "
+                        "as its code ran: 6 configurations twice, since gamma had no effect) or recipe (the recipe's "
+                        "ablation over 3 seeds)")
     p.add_argument("--config", default=None, help="TOML grid file (see grids/seed.toml); overrides --preset")
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
@@ -213,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_grid)
 
-    # --- report and predict (issue 4) ---
     p = sub.add_parser("report", help="results table, learning curves, per-class accuracy, samples and index.html")
     p.add_argument("runs_dir", metavar="RUNS_DIR", nargs="+",
                    help="a grid folder (from `grid`) or a run folder (from `train`); several: one report over all "

@@ -1,5 +1,10 @@
 """Tiny ImageNet archive -> deterministic split -> prepared ImageFolder -> decoded uint8 cache.
 
+Each class's images in the official train/ folder are split three ways (SPLIT_KINDS): "number", the
+study's split by the file number n of `<wnid>_<n>.JPEG` (0-49 val, 50-99 test, 100 and up train),
+or "hash", 400 / 50 / 50 ordered by a seeded hash of the file names. Both are pure functions of the
+file names. The official val/ images of the chosen classes are a fourth split, official-val.
+
 A *source* is the official `tiny-imagenet-200.zip`, any cut of it with the same layout (such as
 the embedded 10-class archive), or an extracted folder. `prepare` writes the chosen classes as
 `<out>/<split>/<wnid>/<file>.JPEG` plus `dataset.json` and `decoded.pt` (every image decoded once
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -30,7 +36,11 @@ EMBEDDED_ARCHIVE = Path(__file__).parent / "assets" / "tiny-imagenet-200-first10
 EMBEDDED_SHA256 = "5655dbb60c42683ced814ce19d786bd1ce7a6a7d1d7bd62d75b1a6e365bf6972"
 DEFAULT_DATA_DIR = Path("data/tiny-image10")
 
-SPLIT_SIZES = {"train": 400, "val": 50, "test": 50}  # taken from each class's 500 train images
+SPLIT_SIZES = {"train": 400, "val": 50, "test": 50}  # "hash": taken from each class's 500 train images
+# "number": the file numbers of each split, as the study split them (train: every number from 100 up)
+SPLIT_NUMBERS = {"val": range(0, 50), "test": range(50, 100)}
+FIRST_TRAIN_NUMBER = 100
+SPLIT_KINDS = ("number", "hash")
 OFFICIAL_VAL = "official-val"  # the official validation images: never used for training or selection
 SPLITS = (*SPLIT_SIZES, OFFICIAL_VAL)
 CACHE_SIZE = 64  # decoded cache resolution (Tiny ImageNet's native size)
@@ -162,23 +172,87 @@ def split_key(seed: int, name: str) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
-def plan_split(source: Source, wnids: list[str], seed: int) -> list[Item]:
+def file_number(name: str) -> int | None:
+    """n of `<wnid>_<n>.JPEG` (None when the name carries no such number)."""
+    match = re.search(r"_(\d+)\.[^.]+$", PurePosixPath(name).name)
+    return int(match.group(1)) if match else None
+
+
+def split_by_number(files: list[str], where: str) -> dict[str, list[str]]:
+    """The study's split of one class's files: 0-49 val, 50-99 test, 100 and up train."""
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for name in files:
+        n = file_number(name)
+        if n is None:
+            raise UserError(f"{where}{PurePosixPath(name).name}: no file number (expected <wnid>_<n>.JPEG for "
+                            f"--split number; --split hash splits any names)")
+        split = next((s for s, numbers in SPLIT_NUMBERS.items() if n in numbers), "train")
+        splits[split].append(name)
+    for split, names in splits.items():
+        if not names:
+            numbers = SPLIT_NUMBERS.get(split)
+            which = f"{numbers.start}-{numbers.stop - 1}" if numbers else f"{FIRST_TRAIN_NUMBER} or more"
+            raise UserError(f"{where}: no image numbered {which} for the {split} split")
+    return splits
+
+
+def split_by_hash(files: list[str], seed: int, where: str) -> dict[str, list[str]]:
+    """400 / 50 / 50 of one class's files, in the order of a seeded hash of their names."""
+    need = sum(SPLIT_SIZES.values())
+    if len(files) < need:
+        raise UserError(f"{where}: {len(files)} images, the split needs {need}")
+    files = sorted(files, key=lambda n: split_key(seed, PurePosixPath(n).name))
+    starts = [0, *itertools.accumulate(SPLIT_SIZES.values())]
+    return {split: files[start:start + size] for (split, size), start in zip(SPLIT_SIZES.items(), starts)}
+
+
+def plan_split(source: Source, wnids: list[str], split: str = "number", seed: int = 0) -> list[Item]:
     if not any(n.startswith("train/") for n in source.names()):
         raise UserError(f"{source.path}: missing train folder")
-    need = sum(SPLIT_SIZES.values())
+    if split not in SPLIT_KINDS:
+        raise UserError(f"--split {split}: expected one of {', '.join(SPLIT_KINDS)}")
+    by_class: dict[str, list[str]] = {w: [] for w in wnids}
+    for n in source.names():  # one pass over the archive, whatever the class count
+        parts = n.split("/")
+        if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and parts[1] in by_class \
+                and n.lower().endswith(IMAGE_SUFFIXES):
+            by_class[parts[1]].append(n)
     items = []
-    for wnid in wnids:
-        prefix = f"train/{wnid}/images/"
-        files = sorted(n for n in source.names() if n.startswith(prefix) and n.lower().endswith(IMAGE_SUFFIXES))
-        if len(files) < need:
-            raise UserError(f"{source.describe(prefix)}: class {wnid} has {len(files)} images, the split needs {need}")
-        files.sort(key=lambda n: split_key(seed, PurePosixPath(n).name))
-        start = 0
-        for split, size in SPLIT_SIZES.items():
-            for n in files[start:start + size]:
-                items.append(Item(split, wnid, n, f"{split}/{wnid}/{PurePosixPath(n).name}"))
-            start += size
+    for wnid, files in by_class.items():
+        where = source.describe(f"train/{wnid}/images/")
+        files.sort()
+        splits = split_by_number(files, where) if split == "number" else split_by_hash(files, seed, where)
+        for name, chosen in splits.items():
+            items += [Item(name, wnid, n, f"{name}/{wnid}/{PurePosixPath(n).name}") for n in chosen]
     return items + plan_official_val(source, wnids)
+
+
+def dataset_identity(meta: dict) -> dict:
+    """What makes two prepared folders hold the same images in the same splits: the source, the
+    classes and the split (folders from before the split choice were hashed)."""
+    kind = meta.get("split", "hash")
+    return {"source_sha256": meta.get("source_sha256"), "wnids": list(meta["wnids"]), "split": kind,
+            "seed": meta.get("seed") if kind == "hash" else None}
+
+
+def identity_difference(recorded: dict, current: dict) -> str | None:
+    """How a dataset differs from the one a run or checkpoint recorded (None if it does not); fields
+    the record lacks (older runs) are not compared."""
+    if recorded.get("wnids") is not None and list(recorded["wnids"]) != list(current["wnids"]):
+        return "other classes"
+    if "split" in recorded and (recorded["split"], recorded.get("seed")) != (current["split"], current["seed"]):
+        return (f"split {split_description(current)}, where the run used split {split_description(recorded)}; "
+                f"its val and test images would include images it trained on")
+    if recorded.get("source_sha256") and recorded["source_sha256"] != current["source_sha256"]:
+        return "another source archive"
+    return None
+
+
+def split_description(meta: dict) -> str:
+    """How a prepared folder was split, in words ("number", "hash, seed 0"); folders from before the
+    choice were hashed."""
+    kind = meta.get("split", "hash")
+    return kind if kind == "number" else f"hash, seed {meta.get('seed')}"
 
 
 def plan_official_val(source: Source, wnids: list[str]) -> list[Item]:
@@ -214,21 +288,26 @@ def decode_image(blob: bytes, where: str, size: int = CACHE_SIZE) -> np.ndarray:
 # ----------------------------------------------------------------------------- prepare
 
 def prepare(out: Path | str = DEFAULT_DATA_DIR, source: Path | str | None = None, classes: int = 10,
-            wnids: list[str] | None = None, seed: int = 0, progress: bool = True) -> Path:
-    """Write the prepared dataset folder; a no-op when it already holds the same inputs."""
+            wnids: list[str] | None = None, seed: int = 0, progress: bool = True, split: str = "number") -> Path:
+    """Write the prepared dataset folder; a no-op when it already holds the same inputs.
+    split: "number" (the study's, by file number; `seed` unused) or "hash" (seeded)."""
     out = Path(out)
+    if split not in SPLIT_KINDS:
+        raise UserError(f"--split {split}: expected one of {', '.join(SPLIT_KINDS)}")
     src = Source(source)
     chosen = choose_wnids(read_wnids(src), classes, wnids, where=str(src.path))
-    identity = {"format": FORMAT_VERSION, "source_sha256": src.sha256, "wnids": chosen, "seed": seed,
-                "split_sizes": SPLIT_SIZES}
+    identity = {"format": FORMAT_VERSION, "source_sha256": src.sha256, "wnids": chosen, "split": split,
+                "seed": seed if split == "hash" else None,
+                "split_sizes": SPLIT_SIZES if split == "hash" else None}
     if out.exists() and any(out.iterdir()):  # an empty folder is as good as none
         existing = read_meta(out) if (out / "dataset.json").exists() else None
         if existing is not None and all(existing.get(k) == v for k, v in identity.items()):
             return out
-        raise UserError(f"{out}: already exists with different contents (other source, classes or seed); "
+        was = f" (split {split_description(existing)})" if existing is not None else ""
+        raise UserError(f"{out}: already exists with different contents{was}: other source, classes or split; "
                         f"choose another --out or remove it")
     # in path order, the order a rebuilt cache has: the same data whether or not the cache was rebuilt
-    items = sorted(plan_split(src, chosen, seed), key=lambda i: PurePosixPath(i.target))
+    items = sorted(plan_split(src, chosen, split, seed), key=lambda i: PurePosixPath(i.target))
     names = class_names(src, chosen)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -27,9 +27,37 @@ def check_precision(precision: str) -> str:
 
 def autocast(device, precision: str):
     """precision bf16: forward and backward under bf16 autocast (GPU tensor cores; AVX512-BF16/AMX
-    CPUs); weights, gradients, momenta and the SGD step stay fp32. fp32: no autocast."""
+    CPUs); weights, gradients, momenta and the SGD step stay fp32. fp32: no autocast.
+    The region spans a whole epoch, so its cache of bf16 weight copies is off: with it, every forward
+    after the epoch's first SGD step would use the weights as they were at that step."""
     check_precision(precision)
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=False)
+
+
+def prepare_device(device) -> None:
+    """The one policy for how a device runs training, applied by every loop, the grid's estimate and
+    the benchmarks alike: on CUDA, cuDNN benchmarks its convolution algorithms once per shape (an epoch
+    has two batch shapes, the same every epoch)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def free_memory(device) -> int:
+    """Bytes a new stack may use: on CUDA, what the driver has free plus what PyTorch's caching
+    allocator holds but does not use (mem_get_info counts that cache as taken); on the CPU, the
+    available memory."""
+    if torch.device(device).type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30  # unknown: assume a modest machine
 
 
 def synchronize(device) -> None:

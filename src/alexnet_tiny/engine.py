@@ -32,14 +32,14 @@ from torch import nn
 from . import runlog
 from .allocator import retained_heap
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, head_size
 from .data import Dataset
-from .device import autocast
+from .device import autocast, free_memory, prepare_device
 from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
 from .model import AlexNet, dropout_mask
 from .runfolder import RunFolder, epoch_line
-from .transforms import eval_batch
+from .transforms import Preprocessing, eval_batch
 from .trial import (UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
                     stream_key)
 
@@ -118,7 +118,7 @@ class StackedAlexNet(nn.Module):
                 x = x.reshape(x.shape[0], self.k, -1).permute(1, 2, 0)
             elif kind == "dropout":
                 if self.training and args[0] > 0:
-                    x = x * dropout_mask((x.shape[2], x.shape[1]), args[0], x.device).t()
+                    x = x * dropout_mask((x.shape[2], x.shape[1]), args[0], x.device, x.dtype).t()
             elif kind == "linear":  # W @ x: the weight gradient then comes out contiguous, with no copy
                 w, b = p[args[0] + ".weight"], p[args[0] + ".bias"]
                 x = torch.baddbmm(b.unsqueeze(2), w, x)
@@ -136,23 +136,45 @@ class StackedAlexNet(nn.Module):
 # ----------------------------------------------------------------------------- the stacked optimiser
 
 class StackedSGD:
-    """`trial.sgd_update` applied to each trial's slice of the stacked weights, gradients and momenta,
-    with that trial's hyperparameters and lr, weight decay on weights only. The slices of weights and
-    momenta are taken once; gradients are set to None between steps, as in `train`, so that backward
-    hands over fresh ones instead of adding into zeroed ones."""
+    """`trial.sgd_update` applied to each trial's slices of the stacked weights, gradients and momenta,
+    with that trial's hyperparameters and lr, weight decay on weights only. The fused kernel takes lists
+    of tensors, so trials that share this epoch's lr, momentum, nesterov and weight decay are updated by
+    one call, and a trial's weights and biases by one call when it has no weight decay (the seed grid:
+    K calls a step instead of 2K). Gradients are set to None between steps, as in `train`, so that
+    backward hands over fresh ones instead of adding into zeroed ones."""
 
     def __init__(self, stack: StackedAlexNet, configs: list[TrainConfig]):
         self.stack, self.configs = stack, configs
-        params = list(stack.params)
-        self.momenta = [torch.zeros_like(p) for p in params]
+        self.momenta = [torch.zeros_like(p) for p in stack.params]
         self.groups = sgd_groups(stack.names)
-        self.slices = [[([params[i][k] for i in group], [self.momenta[i][k] for i in group]) for group in self.groups]
-                       for k in range(len(configs))]
-        self.lrs = [lr_at(c, 0) for c in configs]
         self.active = [True] * len(configs)
+        self.set_epoch(0)
 
     def set_epoch(self, epoch_index: int) -> None:
         self.lrs = [lr_at(c, epoch_index) for c in self.configs]
+        self.plan_calls()
+
+    def plan_calls(self) -> None:
+        """The fused calls of a step: (config, lr, weight decay, params, momenta, [(param index, trial)])
+        for each set of (trial, parameter group) that shares lr, momentum, nesterov and decay."""
+        params = list(self.stack.params)
+        calls: dict[tuple, tuple] = {}
+        for k, c in enumerate(self.configs):
+            if not self.active[k]:
+                continue
+            weights, biases = self.groups
+            groups = [(weights + biases, 0.0)] if c.weight_decay == 0 else [(weights, c.weight_decay), (biases, 0.0)]
+            for group, decay in groups:
+                call = calls.setdefault((self.lrs[k], c.momentum, c.nesterov, decay), (c, self.lrs[k], decay, [], [], []))
+                call[3].extend(params[i][k] for i in group)
+                call[4].extend(self.momenta[i][k] for i in group)
+                call[5].extend((i, k) for i in group)
+        self.calls = list(calls.values())
+
+    def deactivate(self, k: int) -> None:
+        """Trial k diverged: no more updates for it."""
+        self.active[k] = False
+        self.plan_calls()
 
     def zero_grad(self) -> None:
         for p in self.stack.params:
@@ -160,11 +182,8 @@ class StackedSGD:
 
     def step(self) -> None:
         grads = [p.grad for p in self.stack.params]
-        for k, c in enumerate(self.configs):
-            if not self.active[k]:
-                continue
-            for (params, momenta), group, decay in zip(self.slices[k], self.groups, (c.weight_decay, 0.0)):
-                sgd_update(params, [grads[i][k] for i in group], momenta, c, self.lrs[k], decay)
+        for config, lr, decay, params, momenta, where in self.calls:
+            sgd_update(params, [grads[i][k] for i, k in where], momenta, config, lr, decay)
 
     def trial_state(self, k: int, epochs_done: int) -> dict:
         """Trial k's momenta as a checkpoint's "optimizer" entry, copied to the CPU (a view of the
@@ -202,11 +221,11 @@ def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, strea
 
 
 @torch.no_grad()
-def evaluate_stack(stack: StackedAlexNet, split, image_size: int, device, num_classes: int) -> list[Evaluation]:
+def evaluate_stack(stack: StackedAlexNet, split, prep: Preprocessing | int, device, num_classes: int) -> list[Evaluation]:
     stack.eval()
-    logits = [stack(eval_batch(split.images[i:i + EVAL_BATCH_SIZE].to(device), image_size)).float()
+    logits = [stack(eval_batch(split.images[i:i + EVAL_BATCH_SIZE].to(device), prep)).float()
               for i in range(0, len(split), EVAL_BATCH_SIZE)]
-    logits = torch.cat(logits, 1) if logits else torch.zeros(stack.k, 0, num_classes)
+    logits = torch.cat(logits, 1) if logits else torch.zeros(stack.k, 0, stack.params[-1].shape[1])
     return [evaluation(logits[k], split.labels, num_classes) for k in range(stack.k)]
 
 
@@ -216,7 +235,7 @@ def activation_bytes(config: TrainConfig, num_classes: int) -> int:
     """What one trial's training step keeps for backward, from a forward pass on the meta device
     (every layer output in fp32, doubled for the inputs autograd saves and backward's temporaries)."""
     with torch.device("meta"):
-        model = AlexNet(num_classes).eval()
+        model = AlexNet(head_size(config, num_classes)).eval()
     total = 0
 
     def count(_module, _inputs, output):
@@ -233,21 +252,8 @@ def activation_bytes(config: TrainConfig, num_classes: int) -> int:
 def trial_bytes(config: TrainConfig, num_classes: int) -> int:
     """Device memory of one trial in a stack: weights, gradients, momenta and best weights, plus activations."""
     with torch.device("meta"):
-        params = sum(p.numel() for p in AlexNet(num_classes).parameters())
+        params = sum(p.numel() for p in AlexNet(head_size(config, num_classes)).parameters())
     return 4 * 4 * params + activation_bytes(config, num_classes)
-
-
-def free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30  # unknown: assume a modest machine
 
 
 def stack_capacity(config: TrainConfig, num_classes: int, free_bytes: int) -> int:
@@ -292,7 +298,8 @@ class Stack:
         self.runs, self.dataset, self.device = runs, dataset, device
         configs = [r.config for r in runs]
         torch.manual_seed(configs[0].seed)  # every trial starts from the weights it would start from alone
-        self.model = StackedAlexNet(AlexNet(dataset.num_classes, init=configs[0].init, dropout=configs[0].dropout),
+        self.model = StackedAlexNet(AlexNet(head_size(configs[0], dataset.num_classes), init=configs[0].init,
+                                            dropout=configs[0].dropout),
                                     len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
@@ -335,7 +342,7 @@ class Stack:
         self.optimizer.set_epoch(epoch - 1)
         tr = train_stack_epoch(self.model, self.optimizer, splits["train"], stream, self.loss_fn, self.device,
                                epoch, progress)
-        val, test = (evaluate_stack(self.model, splits[s], stream.image_size, self.device, classes)
+        val, test = (evaluate_stack(self.model, splits[s], Preprocessing.for_config(stream), self.device, classes)
                      for s in ("val", "test"))
         return tr, val, test
 
@@ -348,7 +355,7 @@ class Stack:
             if not math.isfinite(tr[k]["loss"]):
                 self.save_best(k)
                 ended.append((k, run.diverge(epoch, tr[k]["loss"], seconds)))
-                self.optimizer.active[k] = False
+                self.optimizer.deactivate(k)
                 self.live.remove(k)
             elif run.end_epoch(epoch, tr[k], val[k], test[k], self.optimizer.lrs[k], seconds):
                 self.keep_best(k)
@@ -394,8 +401,8 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
         return records
     stack = Stack([folders[i] for i in todo], dataset, device)
     start = stack.resume()
+    prepare_device(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # two batch shapes per epoch, the same for every epoch
         torch.cuda.reset_peak_memory_stats(device)
     epochs = stack.runs[0].config.epochs
     last = last_epoch(stack.runs[0].config, until)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import Dataset, Split, ensure_dataset
+from .data import Dataset, Split, dataset_identity, ensure_dataset, identity_difference
 from .device import autocast, check_precision, resolve_device
 from .errors import UserError
 from .transforms import Preprocessing, eval_batch
@@ -26,14 +26,28 @@ EVAL_BATCH_SIZE = 100
 
 @dataclass
 class Evaluation:
+    """A split's loss and accuracy. `confusion` counts [true, predicted] over the dataset's classes;
+    a model with more outputs than classes (the study's 200-way head) can predict an output that is
+    no class: such predictions are wrong, counted per true class in `other`."""
     loss: float
     accuracy: float
     confusion: torch.Tensor  # [true, predicted] counts
+    other: torch.Tensor | None = None  # per true class: predictions of an output beyond the classes
+
+    @property
+    def totals(self) -> torch.Tensor:
+        """Images per true class."""
+        return self.confusion.sum(1) + (self.other if self.other is not None else 0)
 
     @property
     def per_class_accuracy(self) -> list[float]:
-        totals = self.confusion.sum(1).clamp(min=1)
-        return (self.confusion.diag().double() / totals).tolist()
+        return (self.confusion.diag().double() / self.totals.clamp(min=1)).tolist()
+
+
+def output_names(names: list[str], outputs: int) -> list[str]:
+    """A name for each of a model's outputs: the class names, then "output k (no class)" for outputs
+    beyond the classes."""
+    return list(names) + [f"output {k} (no class)" for k in range(len(names), outputs)]
 
 
 @torch.no_grad()
@@ -56,12 +70,16 @@ def predict_logits(model, images: torch.Tensor, prep: Preprocessing | int, devic
 def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
     """Loss, accuracy and confusion matrix from a split's logits."""
     if len(labels) == 0:
-        return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64))
+        return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64),
+                          torch.zeros(num_classes, dtype=torch.int64))
     logits, labels = logits.float().cpu(), labels.cpu()
     loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
-    pred = logits.argmax(1)
-    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
-    return Evaluation(loss, (pred == labels).double().mean().item(), confusion)
+    pred = logits.argmax(1)  # over every output, as the study's code predicted
+    inside = pred < num_classes
+    confusion = torch.bincount(labels[inside] * num_classes + pred[inside],
+                               minlength=num_classes ** 2).view(num_classes, -1)
+    other = torch.bincount(labels[~inside], minlength=num_classes)
+    return Evaluation(loss, (pred == labels).double().mean().item(), confusion, other)
 
 
 def evaluate(model, split: Split, prep: Preprocessing | int, device, num_classes: int,
@@ -107,8 +125,14 @@ class SavedModel:
         return self.ckpt["classes"]["wnids"]
 
     def check_classes(self, dataset: Dataset) -> None:
+        """Refuse a dataset other than the checkpoint's: other classes, or another split of them (its
+        test images would then include training images)."""
         if dataset.wnids != self.wnids:
             raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
+        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset_identity(dataset.meta))
+        if difference:
+            raise UserError(f"{dataset.root}: {difference} (checkpoint {self.path}); "
+                            f"prepare the data as the run did or pass its --data")
 
     def logits(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
         return predict_logits(self.model, images, self.prep, self.device, precision=self.precision, flip=flip)
@@ -119,7 +143,7 @@ class SavedModel:
 
 def per_class_rows(dataset: Dataset, ev: Evaluation) -> list[dict]:
     return [{"wnid": w, "name": n, "accuracy": a, "images": int(c)} for w, n, a, c in
-            zip(dataset.wnids, dataset.names, ev.per_class_accuracy, ev.confusion.sum(1).tolist())]
+            zip(dataset.wnids, dataset.names, ev.per_class_accuracy, ev.totals.tolist())]
 
 
 def checkpoint_dataset(ckpt_path: Path, data=None):

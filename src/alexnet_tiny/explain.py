@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
-from .evaluate import EVAL_BATCH_SIZE, SavedModel
+from .checkpoint import checkpoint_outputs
+from .evaluate import EVAL_BATCH_SIZE, SavedModel, output_names
 from .model import AlexNet
 from .transforms import Preprocessing, eval_batch
 
@@ -44,7 +45,7 @@ def initial_model(ckpt: dict) -> AlexNet:
     config = ckpt["config"]
     torch.manual_seed(config["seed"])
     hidden = ckpt["model"]["classifier.1.weight"].shape[0]
-    return AlexNet(len(ckpt["classes"]["wnids"]), hidden=hidden, init=config.get("init", "torch"))
+    return AlexNet(checkpoint_outputs(ckpt), hidden=hidden, init=config.get("init", "torch"))
 
 
 @torch.no_grad()
@@ -124,7 +125,8 @@ def right_and_wrong(predicted: torch.Tensor, labels: torch.Tensor, n: int, seed:
 def learned(saved: SavedModel, dataset: Dataset, test_logits: torch.Tensor, seed: int) -> dict:
     """What the best checkpoint learned, as numbers (top-5 predictions, nearest training images in
     FC2's feature space, Grad-CAM peaks) and the pictures drawn from them."""
-    names, test, train = dataset.names, dataset.splits["test"], dataset.splits["train"]
+    names = output_names(dataset.names, test_logits.shape[1])  # predictions may name an output beyond the classes
+    test, train = dataset.splits["test"], dataset.splits["train"]
     probabilities = test_logits.softmax(1).cpu()
     predicted = probabilities.argmax(1)
     k = min(5, dataset.num_classes)

@@ -25,12 +25,14 @@ from .config import INITS
 HIDDEN = 4096
 
 
-def dropout_mask(shape, p: float, device) -> torch.Tensor:
+def dropout_mask(shape, p: float, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Keep each unit with probability 1 - p, scaled by 1 / (1 - p): what `nn.Dropout` computes on the
-    CPU (the same generator call), on any device."""
+    CPU (the same generator call), on any device. Drawn in fp32 (the same random stream in any
+    precision), then given `dtype`, the activation's: a fp32 mask would promote a bf16 activation,
+    and everything after it, to fp32."""
     if p >= 1:
-        return torch.zeros(shape, device=device)
-    return torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
+        return torch.zeros(shape, device=device, dtype=dtype)
+    return torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p).to(dtype)
 
 
 class Dropout(nn.Dropout):
@@ -39,7 +41,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * dropout_mask(x.shape, self.p, x.device)
+        return x * dropout_mask(x.shape, self.p, x.device, x.dtype)
 
 
 @torch.no_grad()

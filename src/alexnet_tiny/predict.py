@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .data import CACHE_SIZE
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import EVAL_BATCH_SIZE, SavedModel
+from .checkpoint import checkpoint_outputs
+from .evaluate import EVAL_BATCH_SIZE, SavedModel, output_names
 from .transforms import eval_batch
 
 # Far above any camera's default output; decompression bombs declare far more than this.
@@ -78,7 +79,9 @@ def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, dev
     if cam is not None and Path(cam).suffix.lower() != ".png":
         raise UserError(f"--cam {cam}: expected a file name ending in .png")
     saved = SavedModel(checkpoint, resolve_device(device))
-    names, wnids = saved.ckpt["classes"]["names"], saved.wnids
+    outputs = checkpoint_outputs(saved.ckpt)
+    names = output_names(saved.ckpt["classes"]["names"], outputs)
+    wnids = saved.wnids + [""] * (outputs - len(saved.wnids))
     results, loaded = [], []
     for path in images:
         try:
@@ -96,15 +99,15 @@ def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, dev
             ps, ks = next(good)
             result["top"] = [{"class": names[k], "wnid": wnids[k], "probability": p} for p, k in zip(ps, ks)]
     if cam is not None:
-        write_cam(saved, torch.stack(loaded), [r for r in results if "error" not in r], Path(cam))
+        write_cam(saved, torch.stack(loaded), indices[:, 0], [r for r in results if "error" not in r], Path(cam))
     return results
 
 
-def write_cam(saved: SavedModel, images: torch.Tensor, results: list[dict], out: Path) -> Path:
-    """Grad-CAM of each image for its first prediction, drawn over what the model saw, into `out`."""
+def write_cam(saved: SavedModel, images: torch.Tensor, classes: torch.Tensor, results: list[dict], out: Path) -> Path:
+    """Grad-CAM of each image for its first prediction (the output `classes` holds), drawn over what the
+    model saw, into `out`."""
     from . import explain, figures
     x = eval_batch(images.to(saved.device), saved.prep)
-    classes = torch.tensor([saved.wnids.index(r["top"][0]["wnid"]) for r in results])
     cams = torch.cat([explain.grad_cam(saved.model, x[i:i + EVAL_BATCH_SIZE], classes[i:i + EVAL_BATCH_SIZE])
                       for i in range(0, len(x), EVAL_BATCH_SIZE)])
     captions = [f"{Path(r['image']).name}: {r['top'][0]['class']} {r['top'][0]['probability']:.0%}" for r in results]

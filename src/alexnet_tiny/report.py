@@ -14,6 +14,8 @@
     <out>/grid_map.png            best validation accuracy over the two hyperparameters that vary most
     <out>/accuracy_vs_minutes.png configurations over seeds: mean test accuracy against minutes (when
                                   trials repeat a configuration with other seeds, or configurations differ)
+    <out>/published.md            for trials of the seed preset: the original study's published table
+                                  beside ours (published.py)
     <out>/report.json             all of the above as data, and what was missing
 
 Metrics come from the event files (tags from runlog.TAGS), never from metrics.jsonl, so the report
@@ -34,19 +36,20 @@ from pathlib import Path
 
 import torch
 
-from . import explain, figures, runlog
+from . import explain, figures, published, runlog
 from .checkpoint import load_checkpoint
 from .config import HYPERPARAMETERS, TrainConfig
-from .data import OFFICIAL_VAL, atomic_path, load_dataset, write_json
+from .data import OFFICIAL_VAL, Split, atomic_path, load_dataset, write_json
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import SavedModel, evaluation, per_class_rows
+from .evaluate import SavedModel, evaluation, output_names, per_class_rows
 from .results import best_row, format_spread, format_value, grid_map, seed_groups, write_results
 
 
 DEFAULTS = TrainConfig().to_dict()
 REPORT_DIR = "report"
 REPORT_JSON = "report.json"
+PUBLISHED_MD = "published.md"
 FIGURES = {"table": "results_table.png", "curves": "learning_curves.png", "per_class": "per_class_accuracy.png",
            "confusion": "confusion_matrix.png", "samples": "sample_predictions.png",
            "kernels": "conv1_kernels.png", "top5": "top5.png", "neighbours": "nearest_neighbours.png",
@@ -181,6 +184,59 @@ def trial_labels(trials: list[Trial]) -> dict[str, str]:
     return labels
 
 
+# ----------------------------------------------------------------------------- the published study
+
+def trial_dataset(trial: Trial, data) -> Path:
+    return Path(data) if data is not None else Path((trial.record or {}).get("dataset", {}).get("root", ""))
+
+
+def open_checkpoint(path: Path, root: Path, device: str, progress: bool, missing: list[str]):
+    """(SavedModel, Dataset) of a trial's checkpoint and the dataset it was trained on, or None with
+    the reason added to `missing` (another split or other classes are refused, as everywhere)."""
+    try:
+        saved = SavedModel(path, resolve_device(device))
+        dataset = load_dataset(root, progress=progress)
+        saved.check_classes(dataset)
+    except UserError as e:
+        missing.append(str(e))
+        return None
+    return saved, dataset
+
+
+def final_train_accuracy(trial: Trial, data, device: str, progress: bool, missing: list[str]) -> float | None:
+    """The last checkpoint's accuracy on the training images in evaluation mode, each image flipped
+    with probability 1/2 (seeded): the study's "train" column, measured as its notebook measured it."""
+    path = trial.path / runlog.LAST_CKPT
+    root = trial_dataset(trial, data)
+    if not path.exists() or not (root / "dataset.json").exists():
+        missing.append(f"trial {trial.name}: no {runlog.LAST_CKPT} or dataset {root}: no final train accuracy")
+        return None
+    opened = open_checkpoint(path, root, device, progress, missing)
+    if opened is None:
+        return None
+    saved, dataset = opened
+    train = dataset.splits["train"]
+    flips = torch.rand(len(train), generator=torch.Generator().manual_seed(0)) < 0.5
+    images = torch.where(flips.view(-1, 1, 1, 1), train.images.flip(3), train.images)
+    return saved.evaluate(Split(images, train.labels, train.files), dataset.num_classes).accuracy
+
+
+def compare_published(trials: list[Trial], rows: list[dict], data, device: str, progress: bool, log,
+                      missing: list[str]) -> dict | None:
+    """The published table beside our trials of the seed preset (None when there are none)."""
+    ours = []
+    for t, row in zip(trials, rows):
+        if not published.is_seed_trial(t.hyperparameters) or not row.get("epochs_done"):
+            continue
+        log(f"report: final train accuracy of {t.name} (evaluation mode, as the study measured it)")
+        final = {s: (t.scalars.get(f"{s}_accuracy") or [(None, None)])[-1][1] for s in ("val", "test")}
+        final["train"] = final_train_accuracy(t, data, device, progress, missing)
+        ours.append({"trial": t.name, "config": t.hyperparameters, "epochs_done": row["epochs_done"], "final": final,
+                     "best": {"epoch": row["best_epoch"], "val": row["best_val_accuracy"],
+                              "test": row["test_accuracy_at_best"]}})
+    return published.compare(ours) if ours else None
+
+
 # ----------------------------------------------------------------------------- the best checkpoint
 
 def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, progress: bool,
@@ -192,24 +248,22 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
         missing.append(f"trial {trial.name}: no {runlog.BEST_CKPT} (no per-class accuracy, confusion matrix, "
                        f"samples or official-val accuracy)")
         return None
-    root = Path(data) if data is not None else Path((trial.record or {}).get("dataset", {}).get("root", ""))
+    root = trial_dataset(trial, data)
     if not (root / "dataset.json").exists():
         missing.append(f"dataset {root}: not found (recorded in {trial.path / runlog.CONFIG_FILE}); "
                        f"pass --data to evaluate the best checkpoint")
         return None
-    try:
-        saved = SavedModel(path, resolve_device(device))
-        dataset = load_dataset(root, progress=progress)
-        saved.check_classes(dataset)
-    except UserError as e:
-        missing.append(str(e))
+    opened = open_checkpoint(path, root, device, progress, missing)
+    if opened is None:
         return None
+    saved, dataset = opened
     test_split = dataset.splits["test"]
     test_logits = saved.logits(test_split.images)
     test = evaluation(test_logits, test_split.labels, dataset.num_classes)
     flip_accuracy = lambda split: saved.evaluate(split, dataset.num_classes, flip=True).accuracy  # noqa: E731
     result = {"checkpoint": str(path), "epoch": saved.ckpt.get("epoch"), "precision": saved.precision,
               "dataset": str(root), "names": dataset.names,
+              "output_names": output_names(dataset.names, test_logits.shape[1]),
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
                        "flip_accuracy": flip_accuracy(test_split),
                        "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
@@ -322,7 +376,7 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
             test["confusion"], evaluation["names"], f"Test confusion matrix, best trial\n{textwrap.fill(label, 70)}",
             out / FIGURES["confusion"]).name
         if evaluation["samples"]:
-            names = evaluation["names"]
+            names = evaluation["output_names"]
             made["samples"] = figures.sample_predictions(
                 evaluation["sample_images"], [names[s["predicted"]] for s in evaluation["samples"]],
                 [names[s["true"]] for s in evaluation["samples"]], "Sample test images, best trial",
@@ -489,6 +543,45 @@ def _grid_map_html(gridmap: dict | None, made: dict) -> list[str]:
                     "(report.json: grid_map).")]
 
 
+def _published_html(comparison: dict | None) -> list[str]:
+    """The published table beside ours, with what the original runs did that a reader must know."""
+    if not comparison:
+        return []
+    e = html.escape
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    head = ("<tr><th>lr</th><th>momentum</th><th>gamma</th><th>published train</th><th>val</th><th>test</th>"
+            "<th>ours, final: train</th><th>val</th><th>test</th><th>epoch</th><th>test: ours − published</th>"
+            "<th>2 SE</th><th>ours at best val: val</th><th>test</th><th>epoch</th></tr>")
+    body = []
+    for r in comparison["rows"]:
+        cells = [r["lr"], r["momentum"], r["gamma"], *(pct(r["published"][s]) for s in ("train", "val", "test"))]
+        if r["trial"] is None:
+            cells += ["not run"] + [""] * 8
+        else:
+            d = r["difference"].get("test")
+            cells += [*(pct(r["final"].get(s)) for s in ("train", "val", "test")), r["epochs_done"],
+                      f"{100 * d['ours_minus_published']:+.1f}" + ("" if d["within_two_se"] else " (outside)") if d else "–",
+                      f"±{200 * d['standard_error']:.1f}" if d else "–",
+                      pct(r["best"]["val"]), pct(r["best"]["test"]), r["best"]["epoch"]]
+        body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    pairs = "; ".join(
+        f"lr {p['lr']}, momentum {p['momentum']}: published {' and '.join(pct(v) for v in p['published_test'])}"
+        + (f", ours {' and '.join(pct(v) for v in p['our_test'])}" if p["our_test"] else "")
+        for p in comparison["pairs"])
+    return ["<h2>The published study beside ours</h2>",
+            f'<div class="scroll"><table id="published">{head}{"".join(body)}</table></div>',
+            f"<p class=sub>Published: {e(comparison['source'])}; {e(comparison['measured'])}. Ours, final: the model "
+            "after its last epoch, train accuracy in evaluation mode on the training images with random flips, as "
+            "theirs. The difference is within what 500 test images allow when it is inside two standard errors (2 SE: "
+            "two accuracies on 500 images each). Also as published.md.</p>",
+            "<p><b>Gamma had no effect in the original runs.</b> Their StepLR(30, gamma) was stepped with the loss as "
+            "its epoch, so the learning rate never moved: the two gammas of each lr and momentum are the same "
+            "configuration trained twice from other random weights (ours: seeds 0 and 1). Their spread is the "
+            f"run-to-run spread, in test accuracy: {e(pairs)}.</p>",
+            f"<p><b>The original chose its best trial by test accuracy</b> ({e(comparison['selection'])}); this tool "
+            "chooses by validation accuracy and reports test accuracy at that choice.</p>"]
+
+
 def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict) -> str:
     e = html.escape
     best, ev = report["best"], report["evaluation"]
@@ -526,6 +619,7 @@ def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict)
     parts += ["<h2>Results</h2>", _table_html(header, cells, best_index),
               '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
               '<a href="results_table.png">results_table.png</a>; metrics read from the TensorBoard event files.</p>',
+              *_published_html(report.get("published")),
               *_grid_map_html(report.get("grid_map"), made),
               *(["<h2>Configurations over seeds</h2>", _configurations_html(report["configurations"], made)]
                 if compares_configurations(report["configurations"]) else []),
@@ -587,6 +681,10 @@ def write_report(runs_dir: Path | str | list, out: Path | str | None = None, pro
         log(f"report: missing: {m}")
 
     write_results(out, rows, columns=COLUMNS, best=best)
+    comparison = compare_published(trials, rows, data, device, progress, log, missing)
+    if comparison is not None:
+        with atomic_path(out / PUBLISHED_MD) as tmp:
+            tmp.write_text(published.format_markdown(comparison))
     groups = seed_groups(rows)
     gridmap = grid_map(rows)
     kernels, kernel_info = kernel_panels(best, rows, trials, missing) if evaluation is not None else ([], {})
@@ -595,7 +693,7 @@ def write_report(runs_dir: Path | str | list, out: Path | str | None = None, pro
     report = {"name": name, "runs_dir": where,
               "generated": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
               "trials": rows, "best": best, "configurations": groups, "grid_map": gridmap, "kernels": kernel_info,
-              "figures": made, "missing": missing,
+              "figures": made, "missing": missing, "published": comparison,
               "evaluation": {k: v for k, v in evaluation.items() if k not in ARRAYS} if evaluation else None}
     write_json(out / REPORT_JSON, report)
     with atomic_path(out / "index.html") as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import runlog
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .data import Dataset, atomic_torch_save
+from .data import Dataset, atomic_torch_save, dataset_identity, identity_difference
 from .errors import UserError
 from .evaluate import Evaluation
 from .transforms import Preprocessing
@@ -29,8 +29,8 @@ def checkpoint_dict(state_dict: dict, epoch: int, config: TrainConfig, dataset: 
     """The checkpoint format (checkpoint.py reads it): best.pt leaves out the optimizer."""
     ckpt = {
         "model": state_dict, "epoch": epoch, "config": config.to_dict(), "best": dict(best),
-        "classes": {"wnids": dataset.wnids, "names": dataset.names},
-        "preprocessing": Preprocessing.for_size(config.image_size).to_dict(),
+        "classes": {"wnids": dataset.wnids, "names": dataset.names}, "dataset": dataset_identity(dataset.meta),
+        "preprocessing": Preprocessing.for_config(config).to_dict(),
         "precision": precision, "elapsed_seconds": elapsed,
     }
     if optimizer is not None:
@@ -44,8 +44,7 @@ def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best:
     record = {
         "config": config.to_dict(), "name": config.name(), "device": str(device), "engine": engine,
         "precision": precision, "status": status,
-        "dataset": {"root": str(dataset.root), "wnids": dataset.wnids, "names": dataset.names,
-                    "source_sha256": dataset.meta.get("source_sha256"), "seed": dataset.meta.get("seed")},
+        "dataset": {"root": str(dataset.root), "names": dataset.names, **dataset_identity(dataset.meta)},
         "epochs_done": epochs_done,  # the best values are None until an epoch finished
         "best_val_accuracy": best["val_accuracy"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
         "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
@@ -74,7 +73,7 @@ def record_stop(run: Path, reason: str) -> dict:
     return rec
 
 
-def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | None:
+def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: bool) -> dict | None:
     previous = runlog.read_config(out)
     if previous is None:
         return None
@@ -83,6 +82,13 @@ def _check_resumable(out: Path, config: TrainConfig, resume: bool) -> dict | Non
     if TrainConfig.from_dict(previous["config"], str(out / runlog.CONFIG_FILE)) != config:
         raise UserError(f"{out}: holds a run with other hyperparameters ({previous['name']}); "
                         f"resume it with the same flags or choose another --out")
+    recorded = previous.get("dataset") or {}
+    if "split" not in recorded and "seed" in recorded:  # records from before the split choice: hashed
+        recorded = {**recorded, "split": "hash"}
+    difference = identity_difference(recorded, dataset_identity(dataset.meta))
+    if difference:
+        raise UserError(f"{out}: cannot resume on {dataset.root}: {difference}; resume it with the "
+                        f"dataset it started on (--data {recorded.get('root', '?')})")
     return previous
 
 
@@ -100,7 +106,7 @@ class RunFolder:
                  engine: str = "single", precision: str = "fp32"):
         self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
         self.engine, self.precision = engine, precision
-        self.previous = _check_resumable(self.out, config, resume)
+        self.previous = _check_resumable(self.out, config, dataset, resume)
         self.finished = self.previous is not None and self.previous["status"] in runlog.FINISHED
         self.best = self.best_on_disk = dict(NO_BEST)
         self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None

@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 
 from .allocator import retained_heap
-from .config import TrainConfig
+from .config import TrainConfig, head_size
 from .data import Dataset, Split, ensure_dataset
-from .device import autocast, check_precision, resolve_device
+from .device import autocast, check_precision, prepare_device, resolve_device
 from .engine import resolve_engine, train_stack
 from .errors import UserError
 from .evaluate import evaluate
 from .model import AlexNet
 from .runlog import STATUS_RUNNING
 from .runfolder import RunFolder, epoch_line, record_failure
+from .transforms import Preprocessing
 from .trial import UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_step
 
 
@@ -42,7 +43,7 @@ class TrialState:
     def __init__(self, config: TrainConfig, num_classes: int, device):
         self.config = config
         torch.manual_seed(config.seed)
-        self.model = AlexNet(num_classes, init=config.init, dropout=config.dropout).to(device)
+        self.model = AlexNet(head_size(config, num_classes), init=config.init, dropout=config.dropout).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
 
@@ -112,6 +113,7 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     if resolve_engine(engine, dev, log) == "stacked":
         return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
                            callback=callback, precision=precision, until=until, budget=budget)[0]
+    prepare_device(dev)
     run = RunFolder(config, dataset, out, dev, resume, log, "single", precision)
     if run.finished:
         log(f"{out}: already finished ({run.previous['status']}), nothing to do")
@@ -131,8 +133,8 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
                 tr = train_one_epoch(state, dataset.splits["train"], dev, epoch, progress)
             if not math.isfinite(tr["loss"]):
                 return run.diverge(epoch, tr["loss"], time.perf_counter() - t0)
-            val, test = (evaluate(state.model, dataset.splits[s], config.image_size, dev, dataset.num_classes,
-                                  precision) for s in ("val", "test"))
+            val, test = (evaluate(state.model, dataset.splits[s], Preprocessing.for_config(config), dev,
+                                  dataset.num_classes, precision) for s in ("val", "test"))
             seconds = time.perf_counter() - t0
             budget.spent(seconds)
             if run.end_epoch(epoch, tr, val, test, lr_at(config, epoch - 1), seconds):

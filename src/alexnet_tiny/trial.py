@@ -36,11 +36,12 @@ from torch.optim.sgd import sgd as _functional_sgd  # what torch.optim.SGD.step 
 from .config import TrainConfig
 from .data import Split
 from .progress import progress_bar
-from .transforms import random_boxes, sample_boxes
+from .transforms import random_boxes, train_view
 
 # The fields that shape a trial's data stream: trials equal in these see the same batches and
 # dropout masks, and can share one stack (which starts every trial from one set of weights: init).
-STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup", "init", "dropout")
+STREAM_FIELDS = ("batch_size", "epochs", "image_size", "seed", "augment", "crop_scale", "mixup", "init", "dropout",
+                 "input", "outputs")
 
 
 def stream_key(config: TrainConfig) -> tuple:
@@ -75,14 +76,14 @@ def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progres
     # as drawing them step by step) and sent to the device once with the order: no host-to-device
     # copy, hence no wait for the GPU, inside the loop.
     b = config.batch_size
-    boxes = [random_boxes(min(b, len(split) - i), config.image_size, generator, config.augment, config.crop_scale)
-             for i in batches]
+    boxes = [random_boxes(min(b, len(split) - i), config.image_size, generator, config.augment, config.crop_scale,
+                          config.input) for i in batches]
     centres, extents, flips = (torch.cat(t).to(device) for t in zip(*boxes)) if boxes else (None,) * 3
     order = order.to(device)
     bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress)
     for step, i in enumerate(bar):
         idx = order[i:i + b]
-        x = sample_boxes(images[idx], config.image_size, centres[i:i + b], extents[i:i + b], flips[i:i + b])
+        x = train_view(images[idx], config.image_size, centres[i:i + b], extents[i:i + b], flips[i:i + b], config.input)
         lam = mix[step]
         if lam < 1.0:  # mixup with the batch reversed
             x = lam * x + (1 - lam) * x.flip(0)
@@ -128,10 +129,16 @@ def lr_factor(config: TrainConfig, epoch_index: int) -> float:
 
 
 def lr_at(config: TrainConfig, epoch_index: int) -> float:
-    """The learning rate of epoch `epoch_index` (0-based): the original study's StepLR(step_size,
-    gamma), or warmup + cosine."""
+    """The learning rate of epoch `epoch_index` (0-based): StepLR(step_size, gamma) stepped once per
+    epoch ("step"), lr throughout ("constant": gamma and step_size unused), or warmup + cosine.
+
+    "constant" is what the study's code did. It called `StepLR.step(loss)` three times per epoch;
+    PyTorch then took the loss as the epoch number and set lr * gamma ** (loss // step_size), which is
+    lr for any loss below step_size (30): the rate never moved."""
     if config.schedule == "cosine":
         return config.lr * lr_factor(config, epoch_index)
+    if config.schedule == "constant":
+        return config.lr
     return config.lr * config.gamma ** (epoch_index // config.step_size)
 
 
