@@ -156,9 +156,12 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
         step = partial(state.step, config.lr)
     loss_fn = TrialLosses([config.label_smoothing] * stack, dev)
     split = dataset.splits["train"].to(dev)
-    timed, t0 = 0, None
-    for i, (x, y, lam) in enumerate(itertools.islice(epoch_batches(split, config, dev, 1, progress=False),
-                                                     warmup + steps)):
+    if not len(split):
+        raise UserError(f"{dataset.root}: its train split has no images")
+    timed, t0 = 0, 0.0
+    stream = itertools.chain.from_iterable(epoch_batches(split, config, dev, epoch, progress=False)
+                                           for epoch in itertools.count(1))  # as many epochs as it takes
+    for i, (x, y, lam) in enumerate(itertools.islice(stream, warmup + steps)):
         if i == warmup:
             synchronize(dev)
             t0 = time.perf_counter()
@@ -169,8 +172,6 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
         step()
         timed += len(y) if i >= warmup else 0
     synchronize(dev)
-    if t0 is None or not timed:
-        raise UserError(f"{dataset.root}: too few training images to measure a step (batch {config.batch_size})")
     return stack * timed / (time.perf_counter() - t0)
 
 

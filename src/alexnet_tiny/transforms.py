@@ -127,7 +127,7 @@ def eval_batch(images: torch.Tensor, prep: Preprocessing | int) -> torch.Tensor:
     prep = prep if isinstance(prep, Preprocessing) else Preprocessing.for_size(prep)
     b, size, resize = images.shape[0], prep.image_size, prep.resize
     if prep.input == "pad":
-        return pad_batch(images, size, torch.zeros(b, dtype=torch.bool), prep.mean, prep.std)
+        return pad_batch(images, size, torch.zeros(b, dtype=torch.bool, device=images.device), prep.mean, prep.std)
     # whole pixels, as torchvision's CenterCrop
     offsets = torch.full((b, 2), float(round((resize - size) / 2)), device=images.device)
     return sample_boxes(images, size, *crop_boxes(size, offsets, resize),
