@@ -157,7 +157,11 @@ INVALID_FLAGS = [(["--lr", "0"], "lr = 0.0: expected a number > 0"),
                  (["--epochs", "0"], "epochs = 0: expected an integer >= 1"),
                  (["--step-size", "0"], "step_size = 0: expected an integer >= 1"),
                  (["--image-size", "32"], "image_size = 32: expected an integer >= 64"),
-                 (["--preset", "fast"], "--preset fast: unknown (expected one of seed, quick")]
+                 (["--preset", "fast"], "--preset fast: unknown (expected one of seed, readme, quick"),
+                 (["--lr", "inf"], "lr = inf: expected a finite number"),
+                 (["--weight-decay", "nan"], "weight_decay = nan: expected a finite number"),
+                 (["--warmup-epochs", "2"], "warmup_epochs = 2: expected 0 with schedule constant"),
+                 (["--outputs", "-1"], "outputs = -1: expected an integer >= 0")]
 
 
 @pytest.mark.parametrize("flags,message", INVALID_FLAGS)
@@ -199,6 +203,59 @@ def test_evaluate_an_empty_split(pipeline, tmp_path):
     proc = run_cli("evaluate", pipeline.run / "best.pt", "--data", data, "--split", "official-val", "--json")
     assert f"{data}: its official-val split has no images to evaluate" in error_line(proc, "evaluate")
     assert proc.stdout == ""
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"alexnet-tiny {command}: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("argv", [["train", "--lr", "fast"], ["grid", "--engine", "turbo"], ["prepare", "--classes"],
+                                  ["evaluate"], ["frobnicate"]])
+def test_argument_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: " in err and err.rstrip().endswith("--help)"), err
+
+
+@pytest.mark.parametrize("command", [["prepare"], ["train", "--epochs", "1"], ["grid"], ["report", "."]])
+def test_out_that_is_a_file_is_refused(command, tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    out.write_text("mine")
+    assert cli.main([*command, "--out", str(out), "-q"]) == 2
+    assert f"--out {out}: is a file (expected a folder)" in one_line_error(capsys, command[0])
+    assert out.read_text() == "mine"
+
+
+def test_max_stack_below_one_is_refused(tmp_path, capsys):
+    for value in ("0", "-2"):
+        assert cli.main(["grid", "--max-stack", value, "--out", str(tmp_path / "g"), "-q"]) == 2
+        assert f"--max-stack {value}: expected an integer >= 1" in one_line_error(capsys, "grid")
+    assert not (tmp_path / "g").exists()
+
+
+def test_damaged_grid_json_on_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "grid.json").write_text('{"trials": [')
+    assert cli.main(["grid", "--out", str(out), "--resume", "-q"]) == 2
+    assert f"{out / 'grid.json'}: not a grid description" in one_line_error(capsys, "grid")
+
+
+def test_non_finite_values_in_a_grid_file_are_refused(tmp_path, capsys):
+    (tmp_path / "g.toml").write_text('preset = "quick"\nlr = [inf]\n')
+    assert cli.main(["grid", "--config", str(tmp_path / "g.toml"), "--out", str(tmp_path / "g"), "-q"]) == 2
+    assert "lr = inf: expected a finite number" in one_line_error(capsys, "grid")
+
+
+def test_an_os_error_is_one_line(tmp_path, capsys):
+    """A folder that cannot be written (here: its parent is a file) is the system's words, one line."""
+    (tmp_path / "blocker").write_text("")
+    assert cli.main(["prepare", "--out", str(tmp_path / "blocker" / "data"), "-q"]) == 2
+    assert "blocker" in one_line_error(capsys, "prepare")
 
 
 def test_unknown_device(tmp_path, capsys):

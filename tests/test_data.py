@@ -504,3 +504,17 @@ def test_train_with_data_that_does_not_exist_through_the_cli(tmp_path):
     assert proc.stderr.splitlines() == [f"alexnet-tiny train: error: {data}: no such dataset folder; "
                                         f"run `alexnet-tiny prepare --out {data}` to prepare it"]
     assert list(tmp_path.iterdir()) == []  # no data folder, no run folder
+
+
+def test_a_name_ending_in_wnids_txt_is_not_the_root(tiny_source, tmp_path):
+    archive = zip_folder(tiny_source, tmp_path / "t.zip", extra={"README_wnids.txt": "how to read wnids.txt"})
+    assert Source(archive).has("wnids.txt")  # the root is tiny-imagenet-200/, not the archive's top
+
+
+@pytest.mark.parametrize("name", ["wnids.txt", "val/val_annotations.txt"])
+def test_text_files_that_are_not_utf8_are_refused(name, tmp_path):
+    src = make_source(tmp_path / "src", classes=1, per_class=120, val_per_class=1)
+    path = src / name
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    with pytest.raises(UserError, match=f"{name}: not UTF-8 text"):
+        prepare(tmp_path / "ds", source=src, classes=1, progress=False)

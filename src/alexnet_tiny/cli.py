@@ -13,6 +13,13 @@ from .device import require_torch
 from .errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a user's mistake in one line (not the usage block) and a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -161,9 +168,9 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="alexnet-tiny", description="AlexNet on Tiny Image10: prepare data, train one "
+    ap = Parser(prog="alexnet-tiny", description="AlexNet on Tiny Image10: prepare data, train one "
                                  "configuration or a grid, evaluate, report, predict.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("prepare", help="split an archive into a prepared dataset folder and decoded cache")
     p.add_argument("--source", default=None, help="Tiny ImageNet zip or folder (default: the embedded Tiny Image10 archive)")
@@ -253,13 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_out(args) -> None:
+    """--out names a folder: a file there is a mistake, said before any work."""
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out}: is a file (expected a folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         require_torch()
+        check_out(args)
         return args.func(args)
     except UserError as e:
         print(f"alexnet-tiny {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk, a folder removed under us: the system's words, one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"alexnet-tiny {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"alexnet-tiny {args.command}: interrupted; rerun with --resume to continue from the last checkpoint",

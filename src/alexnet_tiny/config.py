@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 from .errors import UserError
@@ -34,6 +35,10 @@ class TrainConfig:
     outputs: int = 0  # the last layer's outputs; 0: one per class (the study's code had 200 for 10 classes)
 
     def validate(self) -> "TrainConfig":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{f.name} = {value}: expected a finite number")
         checks = [
             ("lr", self.lr > 0, "a number > 0"),
             ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
@@ -47,6 +52,8 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
              "an integer >= 0 and below epochs"),
+            ("warmup_epochs", self.warmup_epochs == 0 or self.schedule == "cosine",
+             f"0 with schedule {self.schedule} (only the cosine schedule warms up)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
             ("augment", self.augment in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
             ("crop_scale", 0 < self.crop_scale <= 1, "a number in (0, 1]"),

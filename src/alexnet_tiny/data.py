@@ -86,7 +86,7 @@ class Source:
         for name in entries:
             if _unsafe_entry(name):
                 raise UserError(f"{self.path}: unsafe zip entry {name!r} (absolute or escaping the archive root)")
-        root = _find_root([n for n in entries if n.endswith("wnids.txt")], self.path)
+        root = _find_root([n for n in entries if PurePosixPath(n).name == "wnids.txt"], self.path)
         return {n[len(root):]: n for n in entries if n.startswith(root) and not n.endswith("/")}
 
     def _fingerprint(self) -> str:
@@ -113,6 +113,12 @@ class Source:
 
     def describe(self, rel: str) -> str:
         return f"{self.path}:{self._names.get(rel, rel)}"
+
+    def read_text(self, rel: str) -> str:
+        try:
+            return self.read(rel).decode()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.describe(rel)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _unsafe_entry(name: str) -> bool:
@@ -141,7 +147,7 @@ class Item:
 def read_wnids(source: Source) -> list[str]:
     if not source.has("wnids.txt"):
         raise UserError(f"{source.path}: missing wnids.txt")
-    return sorted(source.read("wnids.txt").decode().split())
+    return sorted(source.read_text("wnids.txt").split())
 
 
 def choose_wnids(available: list[str], classes: int = 10, wnids: list[str] | None = None, where="source") -> list[str]:
@@ -260,7 +266,7 @@ def plan_official_val(source: Source, wnids: list[str]) -> list[Item]:
         return []
     chosen = set(wnids)
     items = []
-    for line in source.read("val/val_annotations.txt").decode().splitlines():
+    for line in source.read_text("val/val_annotations.txt").splitlines():
         parts = line.split("\t")
         if len(parts) >= 2 and parts[1] in chosen:
             rel = f"val/images/{parts[0]}"

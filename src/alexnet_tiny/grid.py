@@ -216,11 +216,15 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool, asha:
     path = out / runlog.GRID_FILE
     names = [t.name() for t in trials]
     if path.exists():
-        grid = json.loads(path.read_text())
-        previous = grid.get("trials", [])
+        try:
+            grid = json.loads(path.read_text())
+            previous = [t["name"] for t in grid.get("trials", [])]
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise UserError(f"{path}: not a grid description ({e.__class__.__name__}: {e}); "
+                            f"remove it to start the grid again") from None
         if not resume:
             raise UserError(f"{out}: grid folder already exists; add --resume to continue it or choose another --out")
-        if [t["name"] for t in previous] != names:
+        if previous != names:
             raise UserError(f"{out}: holds a different grid; resume it with the same --preset/--config or choose another --out")
         scheduler = asha.to_dict() if asha else None
         if grid.get("scheduler") != scheduler:
@@ -328,6 +332,8 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     (asha.py), None runs every trial to its end. time_budget: seconds after which no epoch starts
     (the grid ends resumable)."""
     out = Path(out)
+    if max_stack is not None and max_stack < 1:
+        raise UserError(f"--max-stack {max_stack}: expected an integer >= 1 (leave it out for as many as fit)")
     asha = make_scheduler(scheduler, trials)
     budget = Budget(time_budget)
     if backend not in BACKENDS:
