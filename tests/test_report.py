@@ -451,3 +451,21 @@ def test_a_bf16_trial_is_evaluated_in_bf16(grid_dir, small_data, tmp_path):
     assert ev["test"]["loss"] == pytest.approx(bf16.loss, rel=1e-9)
     assert bf16.loss != fp32.loss  # bf16 really rounds differently, so the check above can tell them apart
     assert "evaluated in <b>bf16</b>" in (out / "index.html").read_text()
+
+
+def test_right_and_wrong_are_decided_by_class_not_by_name(grid_dir, small_data, tmp_path):
+    """Two classes with one name (words.txt's first names can repeat): whether a prediction or a
+    neighbour is right comes from the class index, never from comparing names."""
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "names": ["twin", "twin", meta["names"][2]]}))
+    out = write_report(grid_dir, out=tmp_path / "r", data=data, samples=12, progress=False, log=lambda m: None,
+                       device="cpu")
+    ev = json.loads((out / "report.json").read_text())["evaluation"]
+    wnid = lambda f: f.split("/")[1]  # noqa: E731 - <split>/<wnid>/<file>
+    for q in ev["neighbours"]:
+        assert [n["same_class"] for n in q["neighbours"]] == [wnid(n["file"]) == wnid(q["file"]) for n in q["neighbours"]]
+    for t in ev["top5"]:
+        assert meta["wnids"][t["true_index"]] == wnid(t["file"]) and len(t["indices"]) == 3
+    for c in ev["cam"]:
+        assert isinstance(c["right"], bool)

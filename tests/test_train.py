@@ -328,3 +328,11 @@ def test_bf16_forward_after_a_step_sees_the_updated_weights(dataset):
         state.step(0.05)
         after = state.model(x)
     assert (after.float() - before.float()).abs().max() > 1e-3
+
+
+def test_an_empty_train_split_is_refused(small_data, tmp_path):
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    shutil.rmtree(data / "train")
+    with pytest.raises(UserError, match="its train split has no images to train on"):
+        train(TRAIN, load_dataset(data, progress=False), tmp_path / "run", device="cpu", progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()

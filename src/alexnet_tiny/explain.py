@@ -134,20 +134,23 @@ def learned(saved: SavedModel, dataset: Dataset, test_logits: torch.Tensor, seed
     top5 = []
     for i in top:
         p, c = probabilities[i].topk(k)
-        top5.append({"file": test.files[i], "true": names[test.labels[i]], "classes": [names[j] for j in c.tolist()],
+        top5.append({"file": test.files[i], "true": names[test.labels[i]], "true_index": int(test.labels[i]),
+                     "classes": [names[j] for j in c.tolist()], "indices": c.tolist(),
                      "probabilities": p.tolist()})
     queries = right_and_wrong(predicted, test.labels, NEIGHBOUR_QUERIES, seed + 1)
     train_features = fc2_features(saved.model, train.images, saved.prep, saved.device)
     query_features = fc2_features(saved.model, test.images[queries], saved.prep, saved.device)
     distances, indices = nearest(query_features, train_features, NEIGHBOURS)
     neighbours = [{"file": test.files[q], "true": names[test.labels[q]],
-                   "neighbours": [{"file": train.files[j], "class": names[train.labels[j]], "distance": d}
+                   "neighbours": [{"file": train.files[j], "class": names[train.labels[j]], "distance": d,
+                                   "same_class": bool(train.labels[j] == test.labels[q])}
                                   for j, d in zip(row.tolist(), dist.tolist())]}
                   for q, row, dist in zip(queries, indices, distances)]
     cam_images = right_and_wrong(predicted, test.labels, CAM_IMAGES, seed + 2)
     x = eval_batch(test.images[cam_images].to(saved.device), saved.prep)
     cams = grad_cam(saved.model, x, predicted[cam_images])
     cam = [{"file": test.files[i], "true": names[test.labels[i]], "predicted": names[predicted[i]],
+            "right": bool(predicted[i] == test.labels[i]),
             "peak": list(divmod(int(m.argmax()), m.shape[1]))} for i, m in zip(cam_images, cams)]
     pictures = {"top5": test.images[top].numpy(), "queries": test.images[queries].numpy(),
                 "neighbours": [train.images[row].numpy() for row in indices],

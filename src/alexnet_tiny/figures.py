@@ -170,14 +170,14 @@ def _image_grid(n: int, columns: int, width: float, height: float):
     return fig, axes
 
 
-def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str], title: str, path: Path,
-                       columns: int = 6) -> Path:
+def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str], rights: list[bool], title: str,
+                       path: Path, columns: int = 6) -> Path:
     """uint8 (N, 3, H, W) images in a grid, each captioned "predicted / true", green when right,
-    red when wrong. The 64 x 64 images are drawn about 3x larger (bicubic) so they are legible."""
+    red when wrong (`rights`, decided by class index: two classes may share a name). The 64 x 64
+    images are drawn about 3x larger (bicubic) so they are legible."""
     n = len(images)
     fig, axes = _image_grid(n, columns, 2.25, 2.6)
-    for ax, image, p, t in zip(axes.flat, images, predicted, true):
-        right = p == t
+    for ax, image, p, t, right in zip(axes.flat, images, predicted, true, rights):
         ax.imshow(np.asarray(image).transpose(1, 2, 0), interpolation="bicubic")
         caption = f"{p} / {t}" if len(p) + len(t) <= 24 else f"{p}\n/ {t}"
         ax.set_title(caption, fontsize=9, color=RIGHT if right else WRONG, fontweight="bold")
@@ -188,7 +188,7 @@ def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str]
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
-    correct = sum(p == t for p, t in zip(predicted, true))
+    correct = sum(rights)
     fig.suptitle(f"{title}: {correct}/{n} right  (caption: predicted / true; green right, red wrong)",
                  fontsize=12, fontweight="bold")
     fig.tight_layout()
@@ -249,8 +249,8 @@ def conv1_kernels(panels: list[tuple[str, np.ndarray]], title: str, path: Path) 
 
 def top5_bars(images: np.ndarray, rows: list[dict], title: str, path: Path, columns: int = 2) -> Path:
     """Each uint8 (3, H, W) image beside horizontal bars of its top-k classes (rows: {"true": name,
-    "classes": [names], "probabilities": [p]}), the true class's bar green and a wrong first guess red
-    (the AlexNet paper's figure 4, left)."""
+    "true_index": its class, "classes": [names], "indices": [classes], "probabilities": [p]}), the true
+    class's bar green and a wrong first guess red (the AlexNet paper's figure 4, left)."""
     n = len(images)
     grid_rows = max(1, -(-n // columns))
     fig, axes = plt.subplots(grid_rows, 2 * columns, figsize=(6.2 * columns, 2.3 * grid_rows + 0.6), squeeze=False,
@@ -260,21 +260,21 @@ def top5_bars(images: np.ndarray, rows: list[dict], title: str, path: Path, colu
     for i, (image, row) in enumerate(zip(images, rows)):
         r, c = divmod(i, columns)
         image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
-        right = row["classes"][0] == row["true"]
+        right = row["indices"][0] == row["true_index"]
         image_ax.imshow(np.asarray(image).transpose(1, 2, 0), interpolation="bicubic")
         image_ax.set_title(textwrap.fill(f"true: {row['true']}", 24), fontsize=9, color=RIGHT if right else WRONG,
                            fontweight="bold")
         bar_ax.axis("on")
         ys = np.arange(len(row["classes"]))[::-1]
-        colours = [RIGHT if name == row["true"] else (WRONG if k == 0 else "#8c959f")
-                   for k, name in enumerate(row["classes"])]
+        colours = [RIGHT if index == row["true_index"] else (WRONG if k == 0 else "#8c959f")
+                   for k, index in enumerate(row["indices"])]
         bar_ax.barh(ys, row["probabilities"], color=colours)
         bar_ax.set_yticks(ys, [textwrap.shorten(name, 26) for name in row["classes"]], fontsize=8)
         bar_ax.set_xlim(0, 1)
         bar_ax.tick_params(axis="x", labelsize=7)
         for y, p in zip(ys, row["probabilities"]):
             bar_ax.text(min(p + 0.02, 0.8), y, f"{p:.0%}", va="center", fontsize=7)
-        if row["true"] not in row["classes"]:
+        if row["true_index"] not in row["indices"]:
             bar_ax.set_title("true class not in the top 5", fontsize=8, color=WRONG)
     fig.suptitle(f"{title} (bars: top-5 probabilities; green: the true class, red: a wrong first guess)",
                  fontsize=11, fontweight="bold")
@@ -292,10 +292,11 @@ def _bordered(ax, image: np.ndarray, colour: str) -> None:
 
 
 def nearest_neighbours(queries: np.ndarray, query_names: list[str], neighbours: list[np.ndarray],
-                       neighbour_names: list[list[str]], distances: list[list[float]], title: str, path: Path) -> Path:
+                       neighbour_names: list[list[str]], distances: list[list[float]], same_class: list[list[bool]],
+                       title: str, path: Path) -> Path:
     """One row per test image: the image, then its nearest training images in feature space, each
-    captioned with its class and distance, green when its class is the test image's, red when not
-    (the AlexNet paper's figure 4, right)."""
+    captioned with its class and distance, green when its class is the test image's (`same_class`,
+    by class index), red when not (the AlexNet paper's figure 4, right)."""
     k = max((len(n) for n in neighbours), default=1)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.75 * (k + 1), 2.0 * len(queries) + 0.6), squeeze=False)
     for r, (query, name) in enumerate(zip(queries, query_names)):
@@ -306,7 +307,7 @@ def nearest_neighbours(queries: np.ndarray, query_names: list[str], neighbours: 
             if c >= len(neighbours[r]):
                 ax.axis("off")
                 continue
-            same = neighbour_names[r][c] == name
+            same = same_class[r][c]
             _bordered(ax, neighbours[r][c], RIGHT if same else WRONG)
             ax.set_title(textwrap.fill(f"{neighbour_names[r][c]} ({distances[r][c]:.0f})", 20), fontsize=7,
                          color=RIGHT if same else WRONG)

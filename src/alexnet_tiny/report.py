@@ -379,7 +379,8 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
             names = evaluation["output_names"]
             made["samples"] = figures.sample_predictions(
                 evaluation["sample_images"], [names[s["predicted"]] for s in evaluation["samples"]],
-                [names[s["true"]] for s in evaluation["samples"]], "Sample test images, best trial",
+                [names[s["true"]] for s in evaluation["samples"]],
+                [s["predicted"] == s["true"] for s in evaluation["samples"]], "Sample test images, best trial",
                 out / FIGURES["samples"]).name
     if kernels:
         made["kernels"] = figures.conv1_kernels(kernels, "First-layer (conv1) kernels: 64 of 11 x 11 x 3, each scaled "
@@ -392,10 +393,11 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
             pictures["queries"], [q["true"] for q in evaluation["neighbours"]], pictures["neighbours"],
             [[n["class"] for n in q["neighbours"]] for q in evaluation["neighbours"]],
             [[n["distance"] for n in q["neighbours"]] for q in evaluation["neighbours"]],
+            [[n["same_class"] for n in q["neighbours"]] for q in evaluation["neighbours"]],
             "Nearest training images in FC2's feature space", out / FIGURES["neighbours"]).name
         made["cam"] = figures.class_activation_maps(
             pictures["cam_images"], pictures["cams"], [f"{c['predicted']} / {c['true']}" for c in evaluation["cam"]],
-            [c["predicted"] == c["true"] for c in evaluation["cam"]],
+            [c["right"] for c in evaluation["cam"]],
             "Class-activation maps, best trial (Grad-CAM for the predicted class; caption: predicted / true)",
             out / FIGURES["cam"]).name
     if gridmap is not None:
@@ -513,13 +515,13 @@ def _learned_html(report: dict, made: dict) -> list[str]:
                      + (" From a random start conv1 can move little in a short run; the learned-minus-initial "
                         "panel shows what it learned." if change else ""))]
     if ev and "top5" in ev:
-        right = sum(t["classes"][0] == t["true"] for t in ev["top5"])
+        right = sum(t["indices"][0] == t["true_index"] for t in ev["top5"])
         k = len(ev["top5"][0]["classes"]) if ev["top5"] else 0
         parts += ["<h3>Top-5 predictions</h3>",
                   _figure(made, "top5", f"{len(ev['top5'])} test images ({right} right, {len(ev['top5']) - right} "
                           f"wrong) with bars of their {k} most probable classes",
                           "The paper's figure 4, left: the true class's bar green, a wrong first guess red.")]
-        same = sum(n["class"] == q["true"] for q in ev["neighbours"] for n in q["neighbours"])
+        same = sum(n["same_class"] for q in ev["neighbours"] for n in q["neighbours"])
         total = sum(len(q["neighbours"]) for q in ev["neighbours"])
         parts += ["<h3>Nearest neighbours in feature space</h3>",
                   _figure(made, "neighbours", f"{len(ev['neighbours'])} test images, each beside its nearest training "

@@ -104,6 +104,8 @@ class RunFolder:
 
     def __init__(self, config: TrainConfig, dataset: Dataset, out: Path, device, resume: bool, log=print,
                  engine: str = "single", precision: str = "fp32"):
+        if not len(dataset.splits["train"]):
+            raise UserError(f"{dataset.root}: its train split has no images to train on")
         self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
         self.engine, self.precision = engine, precision
         self.previous = _check_resumable(self.out, config, dataset, resume)
