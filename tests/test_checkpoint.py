@@ -87,3 +87,19 @@ def test_predict_with_random_bytes_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"alexnet-tiny predict: error: {junk}: not a PyTorch checkpoint "
                                         "(torch.save writes a zip archive; this file is not one)"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"model": {"w": 3}}, "its model entry is not a state_dict of named tensors"),
+    ({"model": {}}, "its model entry is not a state_dict of named tensors"),
+    ({"classes": {"wnids": "n01", "names": ["a"]}}, "its classes entry is not lists of wnids and names"),
+    ({"classes": {"wnids": ["n01", "n02"], "names": ["a"]}},
+     "its classes entry has no classes, or wnids and names of other lengths"),
+    ({"preprocessing": [64]}, "its preprocessing entry is a list, expected a dict"),
+    ({"epoch": "one"}, "its epoch entry is a str, expected a int")])
+def test_right_keys_with_wrong_contents_are_refused(change, reason, tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({**small_checkpoint(), **change}, path)
+    assert refusal(path, mmap=False) == f"not an alexnet-tiny checkpoint ({reason})"
+    proc = run_cli("evaluate", path, "--device", "cpu")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def test_grayscale_images_become_three_equal_channels(tiny_data):
         assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1"])
 def test_decode_image_any_mode_to_rgb(mode):
     rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     buf = io.BytesIO()
@@ -518,3 +519,38 @@ def test_text_files_that_are_not_utf8_are_refused(name, tmp_path):
     path.write_bytes(b"\xff\xfe" + path.read_bytes())
     with pytest.raises(UserError, match=f"{name}: not UTF-8 text"):
         prepare(tmp_path / "ds", source=src, classes=1, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["16-bit png", "32-bit int tiff", "float tiff"])
+def test_deep_images_are_scaled_not_clipped(kind):
+    """A horizontal gradient over the whole range of a 16-bit or float image comes out as the same
+    gradient in 8 bits, in prepare's decoding and in predict's loading (one function)."""
+    from alexnet_tiny.predict import load_image
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
+    if kind == "16-bit png":
+        im, fmt = Image.fromarray(np.round(ramp * 65535).astype(np.uint16)), "PNG"
+    elif kind == "32-bit int tiff":
+        im, fmt = Image.fromarray(np.round(ramp * 65535).astype(np.int32), "I"), "TIFF"
+    else:
+        im, fmt = Image.fromarray(ramp.astype(np.float32), "F"), "TIFF"
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    out = decode_image(buf.getvalue(), "x")
+    expected = np.round(ramp * 255)
+    assert np.abs(out[0].astype(float) - expected).max() <= 1 and (out[0] == out[1]).all()
+    path = Path(tempfile.mkdtemp()) / f"x.{fmt.lower()}"
+    path.write_bytes(buf.getvalue())
+    assert np.array_equal(load_image(path).numpy(), out)
+
+
+def test_a_member_with_a_bad_crc_is_one_line(tiny_source, tmp_path):
+    archive = zip_folder(tiny_source, tmp_path / "t.zip")
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("tiny-imagenet-200/train/n09000000/images/n09000000_7.JPEG")
+    blob = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    blob[start + 100] ^= 0xFF  # a stored member's byte, flipped: its CRC no longer matches
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="n09000000_7.JPEG: cannot be read from the archive .*CRC"):
+        prepare(tmp_path / "ds", source=archive, classes=1, progress=False)
+    assert not (tmp_path / "ds").exists()

@@ -47,7 +47,7 @@ MODES = {  # file name -> how to make it from an RGB photo
     "palette.gif": lambda im: im.convert("P", palette=Image.Palette.ADAPTIVE),
     "gray_alpha.png": lambda im: im.convert("LA"),
     "bilevel.bmp": lambda im: im.convert("1"),
-    "gray16.png": lambda im: im.convert("I;16"),
+    "gray16.png": lambda im: Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257),  # real 16-bit
     "rgb.webp": lambda im: im,
     "rgb.tiff": lambda im: im,
 }

@@ -56,7 +56,27 @@ def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) ->
         raise UserError(f"{path}: {why}") from None
     if not isinstance(ckpt, dict) or not {"model", "classes", "preprocessing"} <= ckpt.keys():
         raise UserError(f"{path}: not an alexnet-tiny checkpoint (expected model, classes and preprocessing)")
+    problem = contents_problem(ckpt)
+    if problem:
+        raise UserError(f"{path}: not an alexnet-tiny checkpoint ({problem})")
     return ckpt
+
+
+def contents_problem(ckpt: dict) -> str | None:
+    """What is wrong inside a checkpoint whose top-level keys are right (None when nothing is)."""
+    model, classes = ckpt["model"], ckpt["classes"]
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "its model entry is not a state_dict of named tensors"
+    if not isinstance(classes, dict) or not all(
+            isinstance(classes.get(k), list) and all(isinstance(w, str) for w in classes[k]) for k in ("wnids", "names")):
+        return "its classes entry is not lists of wnids and names"
+    if not classes["wnids"] or len(classes["wnids"]) != len(classes["names"]):
+        return "its classes entry has no classes, or wnids and names of other lengths"
+    for key, kind in (("preprocessing", dict), ("config", dict), ("best", dict), ("dataset", dict), ("epoch", int)):
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            return f"its {key} entry is a {type(ckpt[key]).__name__}, expected a {kind.__name__}"
+    return None
 
 
 def checkpoint_outputs(ckpt: dict) -> int:

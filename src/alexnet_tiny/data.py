@@ -21,13 +21,14 @@ import pickle
 import re
 import shutil
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UserError
 from .progress import progress_bar
@@ -107,9 +108,13 @@ class Source:
         return rel in self._names
 
     def read(self, rel: str) -> bytes:
-        if self._zip is not None:
-            return self._zip.read(self._names[rel])
-        return Path(self._names[rel]).read_bytes()
+        try:
+            if self._zip is not None:
+                return self._zip.read(self._names[rel])
+            return Path(self._names[rel]).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            # a bad CRC, a damaged or truncated member, an unsupported compression, an encrypted member
+            raise UserError(f"{self.describe(rel)}: cannot be read from the archive ({e})") from None
 
     def describe(self, rel: str) -> str:
         return f"{self.path}:{self._names.get(rel, rel)}"
@@ -278,17 +283,58 @@ def plan_official_val(source: Source, wnids: list[str]) -> list[Item]:
 
 # ----------------------------------------------------------------------------- decoding
 
+def eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit and float images scaled to 8 bits ("L"): `convert("RGB")` would clip them (a 16-bit
+    gradient comes out nearly white). 16-bit modes scale by 65535; 32-bit integers ("I") by 65535 when
+    any value is above 255, else they are 8-bit values; floats ("F") by 1 when they lie in [0, 1],
+    else they are taken as 0-255. Other modes are returned as they are."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    top = a.max() if a.size else 0.0
+    if im.mode == "F":
+        scale = 1.0 if top <= 1.0 else 255.0
+    else:
+        scale = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
+    return Image.fromarray(np.round(np.clip(a / scale, 0, 1) * 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> RGB: 16-bit and float scaled (`eight_bit`), transparent pixels made white rather
+    than whatever colour they hide."""
+    im = eight_bit(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def centre_square(im: Image.Image, size: int = CACHE_SIZE) -> Image.Image:
+    """The largest centred square, resized to size x size (bilinear)."""
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = im.crop((left, top, left + side, top + side))
+    return square if side == size else square.resize((size, size), Image.BILINEAR)
+
+
+def image_array(im: Image.Image, size: int = CACHE_SIZE) -> np.ndarray:
+    """The one way any image becomes what the network sees, in `prepare` and `predict` alike: upright
+    (EXIF orientation), RGB (`to_rgb`), its centred square resized to size x size -> uint8 (3, size,
+    size). Tiny ImageNet's 64 x 64 images pass through unchanged but for the mode."""
+    square = centre_square(to_rgb(ImageOps.exif_transpose(im)), size)
+    return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
 def decode_image(blob: bytes, where: str, size: int = CACHE_SIZE) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 array (3, size, size), any mode converted to RGB."""
+    """Image bytes -> uint8 array (3, size, size), by `image_array`."""
     try:
         with Image.open(io.BytesIO(blob)) as im:
             im.load()
-            rgb = im.convert("RGB")
+            return image_array(im, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{where}: not a readable image ({e})") from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------- prepare

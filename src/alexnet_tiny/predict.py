@@ -1,8 +1,9 @@
 """Classify new pictures with a saved checkpoint.
 
-A photo of any size, format and mode is brought to what the model was trained on: upright (EXIF
-orientation), RGB (transparency flattened onto white), centre-cropped to a square and resized to
-64 x 64, the native size of the training images in the decoded cache. The checkpoint's own eval
+A photo of any size, format and mode is brought to what the model was trained on by the function
+`prepare` uses too (data.image_array): upright (EXIF orientation), RGB (16-bit and float scaled,
+transparency flattened onto white), centre-cropped to a square and resized to 64 x 64, the native
+size of the training images in the decoded cache. The checkpoint's own eval
 preprocessing (resize and centre crop to its image_size, normalisation) then runs on that.
 """
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from .data import CACHE_SIZE
+from .data import image_array
 from .device import resolve_device
 from .errors import UserError
 from .checkpoint import checkpoint_outputs
@@ -37,7 +37,7 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
                     raise UserError(f"{path}: refused, {width} x {height} is over the limit of {max_pixels:,} "
                                     f"pixels (a decompression bomb? downscale real photos first)")
                 im.load()
-                rgb = to_rgb(ImageOps.exif_transpose(im))
+                array = image_array(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{path}: refused, over the limit of {max_pixels:,} pixels (a decompression bomb?)") from None
     except FileNotFoundError:
@@ -48,25 +48,7 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         raise UserError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: not a readable image ({str(e).strip() or e.__class__.__name__})") from None
-    return torch.from_numpy(np.asarray(centre_square(rgb), dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def centre_square(im: Image.Image, size: int = CACHE_SIZE) -> Image.Image:
-    """The largest centred square, resized to size x size (bilinear, as the decoded cache)."""
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = im.crop((left, top, left + side, top + side))
-    return square if side == size else square.resize((size, size), Image.BILINEAR)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any mode -> RGB; transparent pixels become white rather than whatever colour they hide."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
+    return torch.from_numpy(array)
 
 
 def predict(checkpoint: Path | str, images: list[Path | str], topk: int = 5, device: str = "auto",

@@ -73,7 +73,7 @@ def record_stop(run: Path, reason: str) -> dict:
     return rec
 
 
-def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: bool) -> dict | None:
+def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: bool, precision: str) -> dict | None:
     previous = runlog.read_config(out)
     if previous is None:
         return None
@@ -82,6 +82,9 @@ def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: b
     if TrainConfig.from_dict(previous["config"], str(out / runlog.CONFIG_FILE)) != config:
         raise UserError(f"{out}: holds a run with other hyperparameters ({previous['name']}); "
                         f"resume it with the same flags or choose another --out")
+    if previous.get("precision", "fp32") != precision:
+        raise UserError(f"{out}: its epochs were trained in {previous.get('precision', 'fp32')}; resume it with "
+                        f"--precision {previous.get('precision', 'fp32')} (not {precision}), or choose another --out")
     recorded = previous.get("dataset") or {}
     if "split" not in recorded and "seed" in recorded:  # records from before the split choice: hashed
         recorded = {**recorded, "split": "hash"}
@@ -108,7 +111,7 @@ class RunFolder:
             raise UserError(f"{dataset.root}: its train split has no images to train on")
         self.config, self.dataset, self.out, self.device, self.log = config, dataset, Path(out), device, log
         self.engine, self.precision = engine, precision
-        self.previous = _check_resumable(self.out, config, dataset, resume)
+        self.previous = _check_resumable(self.out, config, dataset, resume, precision)
         self.finished = self.previous is not None and self.previous["status"] in runlog.FINISHED
         self.best = self.best_on_disk = dict(NO_BEST)
         self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None
