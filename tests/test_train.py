@@ -336,3 +336,10 @@ def test_an_empty_train_split_is_refused(small_data, tmp_path):
     with pytest.raises(UserError, match="its train split has no images to train on"):
         train(TRAIN, load_dataset(data, progress=False), tmp_path / "run", device="cpu", progress=False, log=quiet)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_in_another_precision_is_refused(run_b, dataset, tmp_path):
+    run = copy_run(run_b, tmp_path)
+    with pytest.raises(UserError, match="its epochs were trained in fp32; resume it with --precision fp32 .not bf16."):
+        train(TRAIN, dataset, run, device="cpu", resume=True, progress=False, log=quiet, precision="bf16")
+    assert runlog.epochs_done(run) == 1
