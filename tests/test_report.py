@@ -469,3 +469,20 @@ def test_right_and_wrong_are_decided_by_class_not_by_name(grid_dir, small_data, 
         assert meta["wnids"][t["true_index"]] == wnid(t["file"]) and len(t["indices"]) == 3
     for c in ev["cam"]:
         assert isinstance(c["right"], bool)
+
+
+def test_the_same_configuration_in_two_folders_draws_two_curves(grid_dir, tmp_path):
+    from alexnet_tiny.report import load_trial, trial_labels
+    copy = clone(grid_dir, tmp_path / "again")
+    trials = [load_trial(t, []) for t in find_all_trials([grid_dir, copy])]
+    labels = trial_labels(trials)
+    assert len(set(labels.values())) == len(trials) == 4  # no two curves share a key
+    out = write_report([grid_dir, copy], out=tmp_path / "r", samples=0, progress=False, log=lambda m: None)
+    assert (out / FIGURES["curves"]).exists()
+
+
+def test_report_out_that_is_a_runs_folder_is_refused(grid_dir):
+    before = (grid_dir / "results.csv").read_text()
+    with pytest.raises(UserError, match="is a runs folder of the report"):
+        write_report(grid_dir, out=grid_dir, progress=False, log=lambda m: None)
+    assert (grid_dir / "results.csv").read_text() == before

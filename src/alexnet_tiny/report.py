@@ -181,6 +181,10 @@ def trial_labels(trials: list[Trial]) -> dict[str, str]:
     for t in trials:
         parts = [f"{h}={format_value(t.hyperparameters.get(h))}" for h in varying]
         labels[t.name] = ", ".join(parts) if parts and t.hyperparameters else t.name
+    repeated = [label for label in labels.values() if list(labels.values()).count(label) > 1]
+    for name, label in labels.items():  # the same configuration in two folders: one curve each, told apart
+        if label in repeated:
+            labels[name] = f"{label} [{name}]"
     return labels
 
 
@@ -660,6 +664,9 @@ def write_report(runs_dir: Path | str | list, out: Path | str | None = None, pro
     if out is None and len(runs_dirs) > 1:
         raise UserError(f"{len(runs_dirs)} runs folders: pass --out for their joint report")
     out = Path(out) if out is not None else runs_dirs[0] / REPORT_DIR
+    if any(out.resolve() == d.resolve() for d in runs_dirs):
+        raise UserError(f"--out {out}: is a runs folder of the report (its results.csv would be overwritten); "
+                        f"choose a folder of its own (default RUNS_DIR/{REPORT_DIR})")
     out.mkdir(parents=True, exist_ok=True)
     missing: list[str] = []
     trials = find_all_trials(runs_dirs)
