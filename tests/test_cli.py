@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -289,3 +290,36 @@ def test_torch_versions_compare_as_numbers(version, refused, monkeypatch):
             require_torch()
     else:
         require_torch()  # "2.13" sorts before "2.4" as text, not as a version
+
+
+# ----------------------------------------------------------------------------- one process at a time
+
+HOLD = ("import sys, time; from alexnet_tiny.data import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+@pytest.mark.parametrize("command", [["prepare"], ["train", "--epochs", "1"], ["grid"]])
+def test_a_folder_in_use_by_another_process_is_refused(command, small_data, tmp_path):
+    folder = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        data = [] if command[0] == "prepare" else ["--data", small_data]
+        proc = run_cli(*command, *data, "--out", folder, "-q")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+        assert f"is in use by process {holder.pid}" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not folder.exists() or not any(folder.iterdir())  # nothing written under another's lock
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    from alexnet_tiny.data import folder_lock, lock_path
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "run"
+    lock_path(folder).write_text(f"{gone.pid}\n")  # a process killed while holding it
+    with folder_lock(folder):
+        assert lock_path(folder).read_text().split()[0] == str(os.getpid())
+    assert not lock_path(folder).exists()

@@ -358,6 +358,14 @@ def prepare(out: Path | str = DEFAULT_DATA_DIR, source: Path | str | None = None
         was = f" (split {split_description(existing)})" if existing is not None else ""
         raise UserError(f"{out}: already exists with different contents{was}: other source, classes or split; "
                         f"choose another --out or remove it")
+    with folder_lock(out, "data folder"):
+        return _build(out, src, chosen, identity, split, seed, progress)
+
+
+def _build(out: Path, src: Source, chosen: list[str], identity: dict, split: str, seed: int, progress: bool) -> Path:
+    """`prepare`'s work, once it holds the folder's lock."""
+    if (out / "dataset.json").exists() and all(read_meta(out).get(k) == v for k, v in identity.items()):
+        return out  # another process prepared it between prepare's first look and this lock
     # in path order, the order a rebuilt cache has: the same data whether or not the cache was rebuilt
     items = sorted(plan_split(src, chosen, split, seed), key=lambda i: PurePosixPath(i.target))
     names = class_names(src, chosen)
@@ -502,6 +510,66 @@ def ensure_dataset(root: Path | str | None = None, progress: bool = True) -> Dat
             raise UserError(f"{root}: not a prepared dataset (no dataset.json); run `alexnet-tiny prepare --out {root}`")
         prepare(root, progress=progress)
     return load_dataset(root, progress=progress)
+
+
+# ----------------------------------------------------------------------------- one process at a time
+
+_held: dict[Path, int] = {}  # lock file -> depth, for the locks this process holds
+
+
+def lock_path(folder: Path | str) -> Path:
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path | str, what: str = "folder"):
+    """One process at a time on `folder` (a data, run or grid folder, which need not exist yet): the
+    lock file `.<name>.lock` beside it, created exclusively, holds the pid. Another process's live lock
+    is a one-line error naming it; a lock whose process is gone is stale and taken over. The same
+    process may take a lock it holds again (a grid's trial run by `train`)."""
+    path = lock_path(folder).absolute()
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                raise UserError(f"{folder}: this {what} is in use by process {holder} (lock {path}); wait for it "
+                                f"to end, or remove the lock if that process is not alexnet-tiny") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    _held[path] = 1
+    try:
+        yield
+    finally:
+        del _held[path]
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid of a live process holding the lock file, or None when it is stale."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # unreadable or half-written: a process killed while taking it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, another user's
+    return pid
 
 
 # ----------------------------------------------------------------------------- atomic files

@@ -20,6 +20,7 @@ CPU a trial trained in a stack matches the same trial trained alone to rounding 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -33,7 +34,7 @@ from . import runlog
 from .allocator import retained_heap
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, head_size
-from .data import Dataset
+from .data import Dataset, folder_lock
 from .device import autocast, free_memory, prepare_device
 from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
@@ -393,7 +394,16 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
     as config.json holds them."""
     if len({stream_key(c) for c in configs}) != 1:
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
-    device = torch.device(device)
+    with contextlib.ExitStack() as locks:
+        for out in outs:
+            locks.enter_context(folder_lock(out, "run folder"))
+        return _train_stack(configs, dataset, outs, torch.device(device), resume, progress, log, callback,
+                            checkpoint_seconds, precision, until, budget)
+
+
+def _train_stack(configs, dataset, outs, device, resume, progress, log, callback, checkpoint_seconds, precision,
+                 until, budget) -> list[dict]:
+    """`train_stack`, once it holds its trials' run folders' locks."""
     dataset = dataset.to(device)  # resident on the device for the whole stack (a no-op on the CPU)
     folders, records = open_runs(configs, dataset, outs, device, resume, log, precision)
     todo = [i for i, r in enumerate(folders) if not r.finished]

@@ -18,7 +18,7 @@ import torch
 from . import runlog
 from .asha import SCHEDULERS, Asha
 from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce, head_size
-from .data import Dataset, ensure_dataset, write_json
+from .data import Dataset, ensure_dataset, folder_lock, write_json
 from .device import check_precision, prepare_device, resolve_device, synchronize
 from .engine import StackedAlexNet, StackedSGD, plan_stacks, resolve_engine
 from .allocator import retained_heap
@@ -343,6 +343,14 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the Ray backend trains in fp32 only")
     check_precision(precision)
+    with folder_lock(out, "grid folder"):
+        return _run_grid(trials, out, data, device, resume, backend, progress, log, ray_options, estimate, engine,
+                         max_stack, precision, asha, budget, time_budget)
+
+
+def _run_grid(trials, out, data, device, resume, backend, progress, log, ray_options, estimate, engine, max_stack,
+              precision, asha, budget, time_budget) -> list[dict]:
+    """`run_grid`, once it holds the grid folder's lock."""
     _check_grid_folder(out, trials, resume, asha)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +358,7 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
                                         "dataset": str(dataset.root), "scheduler": asha.to_dict() if asha else None})
     todo = todo_trials(out, trials)
     if backend == "ray":
+        from .ray_backend import run_trials_on_ray
         announce(trials, todo, [[t] for t in todo], dataset, torch.device("cpu"), estimate, log, out, asha, time_budget)
         out_of_time = run_trials_on_ray(todo, dataset.root, out, **(ray_options or {}), progress=progress, log=log,
                                         asha=asha, trials=trials, time_budget=time_budget)

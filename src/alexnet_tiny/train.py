@@ -18,7 +18,7 @@ import torch
 
 from .allocator import retained_heap
 from .config import TrainConfig, head_size
-from .data import Dataset, Split, ensure_dataset
+from .data import Dataset, Split, ensure_dataset, folder_lock
 from .device import autocast, check_precision, prepare_device, resolve_device
 from .engine import resolve_engine, train_stack
 from .errors import UserError
@@ -113,6 +113,13 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     if resolve_engine(engine, dev, log) == "stacked":
         return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
                            callback=callback, precision=precision, until=until, budget=budget)[0]
+    with folder_lock(out, "run folder"):
+        return train_single(config, dataset, out, dev, resume, progress, log, callback, precision, until, budget)
+
+
+def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: bool, progress: bool, log, callback,
+                 precision: str, until: int | None, budget: Budget) -> dict:
+    """`train` on the single-trial loop, once it holds the run folder's lock."""
     prepare_device(dev)
     run = RunFolder(config, dataset, out, dev, resume, log, "single", precision)
     if run.finished:
