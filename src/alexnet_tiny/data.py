@@ -369,8 +369,9 @@ def _build(out: Path, src: Source, chosen: list[str], identity: dict, split: str
     # in path order, the order a rebuilt cache has: the same data whether or not the cache was rebuilt
     items = sorted(plan_split(src, chosen, split, seed), key=lambda i: PurePosixPath(i.target))
     names = class_names(src, chosen)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a build killed half-way (no other runs: the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         decoded = _write_items(src, items, tmp, progress)
         counts = {s: sum(1 for i in items if i.split == s) for s in SPLITS}
