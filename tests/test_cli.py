@@ -324,3 +324,15 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     with folder_lock(folder):
         assert lock_path(folder).read_text().split()[0] == str(os.getpid())
     assert not lock_path(folder).exists()
+
+
+def test_bare_command_prints_an_overview_and_the_main_job():
+    proc = run_cli()
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "alexnet-tiny grid --preset quick" in proc.stdout and "alexnet-tiny COMMAND --help" in proc.stdout
+
+
+def test_version():
+    from alexnet_tiny import __version__
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"alexnet-tiny {__version__}"

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
 from .config import HYPERPARAMETERS, TYPES, preset
 from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLIT_KINDS, SPLITS, split_description
 from .device import require_torch
@@ -170,7 +171,8 @@ def cmd_predict(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="alexnet-tiny", description="AlexNet on Tiny Image10: prepare data, train one "
                                  "configuration or a grid, evaluate, report, predict.")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    ap.add_argument("--version", action="version", version=f"alexnet-tiny {__version__}")
+    sub = ap.add_subparsers(dest="command", parser_class=Parser)
 
     p = sub.add_parser("prepare", help="split an archive into a prepared dataset folder and decoded cache")
     p.add_argument("--source", default=None, help="Tiny ImageNet zip or folder (default: the embedded Tiny Image10 archive)")
@@ -267,8 +269,23 @@ def check_out(args) -> None:
         raise UserError(f"--out {out}: is a file (expected a folder)")
 
 
+OVERVIEW = """alexnet-tiny: AlexNet (Krizhevsky et al., 2012) on Tiny Image10, the first 10 classes of Tiny ImageNet.
+
+The main job, on the embedded data (a few minutes on a laptop CPU), with its report:
+    alexnet-tiny grid --preset quick
+
+The original study as its code ran (12 trials; a GPU job):
+    alexnet-tiny grid --preset seed
+
+Commands: prepare, train, evaluate, grid, report, predict. For one: alexnet-tiny COMMAND --help
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None:
+        print(OVERVIEW, end="")
+        return 0
     try:
         require_torch()
         check_out(args)

@@ -1,0 +1,84 @@
+"""The documents stay true: every `alexnet-tiny ...` command they show is accepted by the parser,
+every link to a file of the repository resolves, and they speak of the tool, not of how it was made."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from alexnet_tiny import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted([ROOT / "README.md", ROOT / "RESULTS.md", ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md",
+               *(ROOT / "docs").glob("*.md"), ROOT / "bench" / "README.md"])
+
+
+def runnable(text: str) -> list[str]:
+    """Lines of code blocks that run `alexnet-tiny` (continuation lines joined, comments dropped);
+    synopses (with [optional] parts or a|b choices) are left out."""
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split(" #")[0].split("&&"):
+                part = part.strip()
+                if part.startswith("alexnet-tiny") and "[" not in part and "|" not in part:
+                    found.append(part)
+    return found
+
+
+def mentioned(text: str) -> list[str]:
+    """`alexnet-tiny ...` in inline code: a command and some of its flags, not always all it needs."""
+    return [c for c in re.findall(r"`(alexnet-tiny(?: [^`]*)?)`", text)
+            if "[" not in c and "|" not in c and not re.match(r"alexnet-tiny [\w-]+:", c)]  # not its output
+
+
+def documented(kind) -> list[tuple[str, str]]:
+    return [(doc.relative_to(ROOT).as_posix(), c) for doc in DOCS for c in kind(doc.read_text())]
+
+
+def subcommand_parsers() -> dict:
+    ap = cli.build_parser()
+    return next(a for a in ap._actions if a.__class__.__name__ == "_SubParsersAction").choices
+
+
+def test_the_documents_show_commands():
+    lines = documented(runnable)
+    assert len(lines) >= 8 and ("README.md", "alexnet-tiny grid --preset quick") in lines
+
+
+@pytest.mark.parametrize("doc, command", documented(runnable))
+def test_every_documented_command_line_is_accepted(doc, command):
+    try:
+        cli.build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as e:
+        assert e.code == 0, f"{doc}: `{command}` is not accepted by the parser"
+
+
+@pytest.mark.parametrize("doc, command", documented(mentioned))
+def test_every_mentioned_command_and_flag_exists(doc, command):
+    words = shlex.split(command)[1:]
+    if not words or words[0].startswith("-"):
+        cli.build_parser().parse_known_args(words)  # alexnet-tiny --version and the like
+        return
+    parsers = subcommand_parsers()
+    assert words[0] in parsers, f"{doc}: `{command}`: no command {words[0]}"
+    options = {o for a in parsers[words[0]]._actions for o in a.option_strings}
+    unknown = [w.split("=")[0] for w in words[1:] if w.startswith("-") and w.split("=")[0] not in options]
+    assert unknown == [], f"{doc}: `{command}`: {words[0]} has no {', '.join(unknown)}"
+
+
+def links(text: str) -> list[str]:
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_link_resolves_to_a_file(doc):
+    missing = [t for t in links(doc.read_text()) if not (doc.parent / t.split("#")[0]).exists()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_documents_name_no_session_or_issue(doc):
+    assert re.findall(r"\b(?:[Ss]ession|[Ii]ssue)s? \d+", doc.read_text()) == []
