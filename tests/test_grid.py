@@ -51,10 +51,11 @@ def write_toml(tmp_path: Path, text: str, name: str = "grid.toml") -> Path:
 def test_seed_preset_is_the_original_twelve_trials():
     name, trials = grid_trials("seed")
     assert name == "seed" and len(trials) == 12
-    expected = [TrainConfig(lr=lr, momentum=m, gamma=g, step_size=7, batch_size=12, epochs=35, image_size=224)
-                for lr in (0.0001, 0.001, 0.005) for m in (0.9, 0.5) for g in (0.1, 0.01)]
+    as_run = dict(step_size=30, batch_size=12, epochs=35, image_size=150, schedule="constant", input="pad", outputs=200)
+    expected = [TrainConfig(lr=lr, momentum=m, gamma=g, seed=seed, **as_run)
+                for g, seed in ((0.1, 0), (0.01, 1)) for lr in (0.0001, 0.001, 0.005) for m in (0.9, 0.5)]
     assert trials == expected
-    assert {(t.weight_decay, t.seed) for t in trials} == {(0.0, 0)}
+    assert {t.weight_decay for t in trials} == {0.0}
 
 
 def test_seed_grid_names_are_stable():
@@ -121,8 +122,8 @@ def test_toml_product_and_order(tmp_path):
     assert [(t.lr, t.momentum, t.seed) for t in trials] == [
         (lr, m, s) for lr in (0.1, 0.01) for m in (0.9, 0.5) for s in (1, 2)]
     assert all(t.epochs == 3 for t in trials)  # a single value is a one-value list
-    # keys left out come from the preset (default: seed)
-    assert all((t.gamma, t.step_size, t.batch_size, t.image_size) == (0.1, 7, 12, 224) for t in trials)
+    # keys left out come from the preset (default: seed, the study as its code ran)
+    assert all((t.gamma, t.step_size, t.batch_size, t.image_size, t.input) == (0.1, 30, 12, 150, "pad") for t in trials)
 
 
 def test_toml_on_another_preset(tmp_path):
@@ -134,7 +135,7 @@ def test_toml_on_another_preset(tmp_path):
 def test_config_overrides_preset_on_the_cli(tmp_path):
     args = cli.build_parser().parse_args(["grid", "--preset", "seed", "--config", str(tmp_path / "g.toml")])
     (tmp_path / "g.toml").write_text("lr = [0.3]\n")
-    assert grid_trials(args.preset, args.config)[1] == [TrainConfig(lr=0.3)]
+    assert grid_trials(args.preset, args.config)[1] == [PRESETS["seed"].replace(lr=0.3)]
 
 
 BAD_TOML = [
@@ -148,8 +149,8 @@ BAD_TOML = [
     ("[lr]\nx = 1\n", "lr = {'x': 1}: expected a number"),
     ("lr = [0.1\n", "not valid TOML"),
     ("lr = 0.1\nlr = 0.2\n", "not valid TOML"),
-    ('preset = "fast"\n', "preset = 'fast': expected one of seed, quick"),
-    ('preset = ["quick"]\n', "preset = ['quick']: expected one of seed, quick"),
+    ('preset = "fast"\n', "preset = 'fast': expected one of seed, readme, quick"),
+    ('preset = ["quick"]\n', "preset = ['quick']: expected one of seed, readme, quick"),
     ("lr = [-0.1]\n", "lr = -0.1: expected a number > 0"),
     ("momentum = [0.9, 1.0]\n", "momentum = 1.0: expected a number in [0, 1)"),
     ("lr = [0.1, 0.1]\n", "appears twice"),

@@ -15,6 +15,7 @@ LAYERS = [
     ["__main__"],
     ["cli"],
     ["report", "predict"],   # read what training wrote (and a checkpoint); import no driver
+    ["published"],           # the original study's published table, beside ours
     ["figures"],
     ["grid"],                # presets, expansion, scheduling, resume
     ["ray_backend"],         # a driver on a cluster: runs train.run_trials in each worker
@@ -46,8 +47,9 @@ def package_imports(path: Path) -> set[str]:
                 base = (node.module or "").removeprefix("alexnet_tiny").lstrip(".")
                 if base:
                     found.add(base.split(".")[0])
-                else:  # from . import runlog, figures
-                    found.update(alias.name for alias in node.names)
+                else:  # from . import runlog, figures; a name that is no module comes from __init__
+                    found.update(alias.name if (PACKAGE / f"{alias.name}.py").exists() else "__init__"
+                                 for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("alexnet_tiny."))
     return found

@@ -34,7 +34,7 @@ NARROW = {**ENV, **NARROW_ENV}
 def grid_toml(path: Path) -> Path:
     """FAST (2 epochs) at two learning rates, as a TOML grid."""
     keys = ["momentum", "gamma", "step_size", "batch_size", "epochs", "image_size"]
-    path.write_text(f"lr = {LRS}\n" + "".join(f"{k} = [{getattr(FAST, k)}]\n" for k in keys))
+    path.write_text(f'preset = "readme"\nlr = {LRS}\n' + "".join(f"{k} = [{getattr(FAST, k)}]\n" for k in keys))
     return path
 
 

@@ -246,15 +246,16 @@ def dataset_identity(meta: dict) -> dict:
             "seed": meta.get("seed") if kind == "hash" else None}
 
 
-def identity_difference(recorded: dict, current: dict) -> str | None:
+def identity_difference(recorded: dict, current: dict, same_source: bool = True) -> str | None:
     """How a dataset differs from the one a run or checkpoint recorded (None if it does not); fields
-    the record lacks (older runs) are not compared."""
+    the record lacks (older runs) are not compared. `same_source=False` (evaluation) allows another
+    source with the same classes and split: the same images cut from the full archive, or new ones."""
     if recorded.get("wnids") is not None and list(recorded["wnids"]) != list(current["wnids"]):
         return "other classes"
     if "split" in recorded and (recorded["split"], recorded.get("seed")) != (current["split"], current["seed"]):
         return (f"split {split_description(current)}, where the run used split {split_description(recorded)}; "
                 f"its val and test images would include images it trained on")
-    if recorded.get("source_sha256") and recorded["source_sha256"] != current["source_sha256"]:
+    if same_source and recorded.get("source_sha256") and recorded["source_sha256"] != current["source_sha256"]:
         return "another source archive"
     return None
 

@@ -129,7 +129,8 @@ class SavedModel:
         test images would then include training images)."""
         if dataset.wnids != self.wnids:
             raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
-        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset_identity(dataset.meta))
+        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset_identity(dataset.meta),
+                                         same_source=False)
         if difference:
             raise UserError(f"{dataset.root}: {difference} (checkpoint {self.path}); "
                             f"prepare the data as the run did or pass its --data")
