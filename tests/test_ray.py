@@ -178,7 +178,7 @@ def test_asha_stops_the_same_trials_on_both_backends(small_data, tmp_path):
     outs = {backend: tmp_path / backend for backend in ("ray", "local")}
     for backend, out in outs.items():
         run_cli(*grid_args(toml, small_data, out, "--scheduler", "asha", "--backend", backend, "--cpus-per-trial", "1"),
-                env=ENV, check=True)
+                env=ENV, check=True, timeout=1500)  # Ray starts an actor per trial: minutes on a busy 2-core CPU
     ray_rows, local_rows = read_csv(outs["ray"] / RESULTS_CSV), read_csv(outs["local"] / RESULTS_CSV)
     assert "stopped" in [r["status"] for r in local_rows], "this grid is built so that ASHA stops a trial"
     assert [without(r, TIMING_KEYS) for r in ray_rows] == [without(r, TIMING_KEYS) for r in local_rows]
