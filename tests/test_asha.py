@@ -55,6 +55,21 @@ def test_the_first_trial_at_a_rung_goes_on_and_the_cutoff_is_a_quantile():
         asha.judge("a", 1, 0.5)
 
 
+def test_the_planned_share_goes_on_in_grid_order():
+    # 9 trials, rungs at 1 and 3 (reduction factor 3): 3 go past epoch 1, 1 past epoch 3
+    assert Asha(9, 1, 3).planned_epochs([9] * 9) == [9, 3, 3, 1, 1, 1, 1, 1, 1]
+    assert Asha(9, 1, 3).planned_epochs([1, 9, 9, 9]) == [1, 9, 1, 1]  # a trial ending at a rung takes no place past it
+
+
+def test_a_resumed_grid_plans_from_what_its_trials_did():
+    asha = Asha(9, 1, 3)
+    # trial 5 went past both rungs (4 epochs done): it takes the only place past epoch 3 and goes on to 9
+    assert asha.planned_epochs([9] * 9, done=[3, 3, 1, 1, 1, 4, 1, 1, 1]) == [3, 3, 1, 1, 1, 9, 1, 1, 1]
+    # trial 0 was stopped at epoch 1: the places go to the next ones in grid order
+    stopped = [True] + [False] * 8
+    assert asha.planned_epochs([9] * 9, done=[1] + [0] * 8, stopped=stopped) == [1, 9, 3, 3, 1, 1, 1, 1, 1]
+
+
 def test_the_rule_is_ray_tunes():
     """The same results in the same order get the same decisions from Ray Tune's own bracket."""
     async_hyperband = pytest.importorskip("ray.tune.schedulers.async_hyperband")

@@ -68,6 +68,19 @@ def test_train_flags():
     assert (args.lr, args.batch_size, args.step_size, args.image_size, args.momentum) == (0.5, 7, 3, 96, None)
 
 
+def test_choices_are_the_modules_own():
+    """Every flag with a fixed set of values offers what the module that reads it accepts."""
+    from alexnet_tiny import asha, data, device, engine, grid
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {(command, flag): action.choices for command, sub in commands.items() for action in sub._actions
+               if action.choices for flag in action.option_strings}
+    assert choices == {**{(c, "--engine"): engine.ENGINES for c in ("train", "grid")},
+                       **{(c, "--precision"): device.PRECISIONS for c in ("train", "grid")},
+                       ("prepare", "--split"): data.SPLIT_KINDS, ("evaluate", "--split"): data.SPLITS,
+                       ("grid", "--backend"): grid.BACKENDS, ("grid", "--scheduler"): asha.SCHEDULERS}
+
+
 # ----------------------------------------------------------------------------- prepare, train, evaluate
 
 def test_prepare_summary(pipeline):

@@ -52,7 +52,7 @@ def report(proc: subprocess.CompletedProcess) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario, statuses", [("single", ["done"]), ("single-bf16", ["done"]),
                                                 ("stacked", ["done"] * 3), ("stacked-bf16", ["done"] * 3),
-                                                ("resume", ["done", "done"]), ("planner", [1, 3, True])])
+                                                ("resume", ["done", "done"]), ("planner", [1, 3, True, True])])
 def test_cuda_path_runs_with_no_host_sync_in_a_step(fake_cuda, small_data, tmp_path, scenario, statuses):
     result = report(dry_run(fake_cuda, scenario, small_data, tmp_path))
     assert result["result"] == statuses

@@ -181,13 +181,36 @@ def test_grayscale_images_become_three_equal_channels(tiny_data):
         assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
 
+def expected_rgb(im: Image.Image) -> np.ndarray:
+    """What an image of any of these modes shows, (64, 64, 3) uint8, worked out from its own pixels and
+    palette (transparent pixels white)."""
+    a = np.asarray(im)
+    if im.mode == "1":
+        return np.repeat(a[..., None].astype(np.uint8) * 255, 3, axis=2)
+    if im.mode == "P":
+        return np.array(im.getpalette(), dtype=np.uint8).reshape(-1, 3)[a]
+    colour, alpha = (a[..., :-1], a[..., -1:]) if im.mode in ("LA", "RGBA") else (a, None)
+    colour = np.repeat(colour[..., None], 3, axis=2) if colour.ndim == 2 else colour
+    colour = np.broadcast_to(colour, (*a.shape[:2], 3)).astype(np.uint8)
+    return colour if alpha is None else np.where(alpha == 255, colour, 255).astype(np.uint8)
+
+
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1"])
 def test_decode_image_any_mode_to_rgb(mode):
-    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    im = rgb.convert(mode)
+    if mode in ("LA", "RGBA"):  # the left half transparent
+        im.putalpha(Image.fromarray(np.where(np.arange(64) < 32, 0, 255).astype(np.uint8)[None].repeat(64, 0)))
     buf = io.BytesIO()
-    rgb.convert(mode).save(buf, "JPEG" if mode == "CMYK" else "PNG")
+    im.save(buf, "JPEG" if mode == "CMYK" else "PNG")
     out = decode_image(buf.getvalue(), "x.png")
-    assert out.shape == (3, 64, 64) and out.dtype == np.uint8  # resized to the cache's 64 x 64
+    assert out.shape == (3, 64, 64) and out.dtype == np.uint8
+    got = out.transpose(1, 2, 0).astype(int)
+    if mode == "CMYK":  # a lossy JPEG: near the colours it was made from
+        assert np.abs(got - np.asarray(rgb, dtype=int)).mean() < 12
+    else:
+        assert np.array_equal(got, expected_rgb(im))
 
 
 def test_embedded_archive(embedded_data):

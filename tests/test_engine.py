@@ -192,9 +192,15 @@ def test_stacked_forward_and_gradients_equal_separate_models(conv, smoothing):
 
 
 def test_stack_weights_are_k_alexnets():
-    stack = StackedAlexNet(AlexNet(10), 4)
-    assert sum(p.numel() for p in stack.params) == 4 * count_parameters(AlexNet(10))
-    assert stack.trial_state_dict(3).keys() == AlexNet(10).state_dict().keys()
+    """K copies of the model's weights, each trial's own: loading one trial changes no other."""
+    base, other = AlexNet(10), AlexNet(10)
+    stack = StackedAlexNet(base, 4)
+    assert sum(p.numel() for p in stack.params) == 4 * count_parameters(base)
+    stack.load_trial(2, other.state_dict())
+    for k, expected in enumerate([base, base, other, base]):
+        weights, ref = stack.trial_state_dict(k), expected.state_dict()
+        assert weights.keys() == ref.keys()
+        assert all(torch.equal(weights[n], ref[n]) for n in ref), k
 
 
 # ----------------------------------------------------------------------------- stacked = alone

@@ -135,8 +135,13 @@ def test_predict_draws_the_cam_of_a_photo(checkpoint, tmp_path):
     out = tmp_path / "cam.png"
     proc = run_cli("predict", checkpoint, photo, "--cam", out, "--device", "cpu", check=True)
     assert proc.stdout.strip().splitlines()[-1] == f"Grad-CAM of 1 image(s) for the most probable class: {out}"
-    with Image.open(out) as im:
+    blue, blue_out = tmp_path / "blue.jpg", tmp_path / "blue.png"
+    Image.new("RGB", (120, 90), (40, 60, 200)).save(blue)
+    run_cli("predict", checkpoint, blue, "--cam", blue_out, "--device", "cpu", check=True)
+    with Image.open(out) as im, Image.open(blue_out) as other:
         assert im.format == "PNG" and im.width > 200
+        assert len(im.convert("RGB").getcolors(1 << 24)) > 16  # drawn, not blank
+        assert im.size == other.size and im.tobytes() != other.tobytes()  # it shows the photo it was given
     proc = run_cli("predict", checkpoint, photo, "--cam", tmp_path / "cam.jpg")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"alexnet-tiny predict: error: --cam {tmp_path / 'cam.jpg'}: expected a file name " \

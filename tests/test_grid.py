@@ -13,11 +13,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexnet_tiny import cli, runlog
 from alexnet_tiny.config import PRESETS, TrainConfig
 from alexnet_tiny.errors import UserError
-from alexnet_tiny.grid import expand, grid_scheduler, grid_trials, load_grid_toml, run_grid
+from alexnet_tiny.data import load_dataset
+from alexnet_tiny.grid import (estimate_seconds, expand, grid_scheduler, grid_trials, load_grid_toml,
+                                measure_throughput, run_grid)
 from alexnet_tiny.progress import format_duration
 from alexnet_tiny.results import RESULT_COLUMNS, best_row, collect_results, write_results
 from conftest import NARROW_ENV, run_cli
@@ -211,6 +215,64 @@ def test_results_print_hyperparameters_exactly(tmp_path):
     lr_cells = [line.split(" | ")[1] for line in body]
     assert lr_cells == ["1e-05", "5e-05", "0.0123456789"] and "lr1e-05_" in trials[0].name()
     assert "| 0.1235 |" in body[0] and "0.0000" not in "".join(body)
+
+
+# ----------------------------------------------------------------------------- the estimate
+
+ESTIMATED = [TrainConfig(lr=lr, momentum=0.9, batch_size=32, epochs=3, image_size=64) for lr in (0.01, 0.02)]
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op a block of code runs, with its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+    def args_of(self, op):
+        return [args for func, args in self.calls if func == op]
+
+
+@pytest.mark.usefixtures("narrow_alexnet")
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_throughput_probe_times_the_runs_own_steps(small_data, precision, dtype):
+    """The probe trains on the trial's shuffled stream (batches across classes: one class alone makes
+    denormal gradients that slow the CPU) under the run's precision."""
+    dataset = load_dataset(small_data, progress=False)
+    with OpLog() as ops:
+        rate = measure_throughput(ESTIMATED[0], dataset, "cpu", steps=2, precision=precision)
+    assert rate > 0
+    targets = [args[1] for args in ops.args_of(torch.ops.aten.nll_loss_forward.default)]
+    assert len(targets) == 3  # one warm-up step and two timed ones
+    assert all(len(t.unique()) > 1 for t in targets)
+    assert {args[0].dtype for args in ops.args_of(torch.ops.aten.convolution.default)} == {dtype}
+
+
+def test_the_estimate_counts_the_epochs_left(small_data, tmp_path):
+    dataset = load_dataset(small_data, progress=False)
+    stacks = [[c] for c in ESTIMATED]
+    rates = {}
+    fresh = estimate_seconds(stacks, dataset, "cpu", tmp_path, rates=rates)
+    assert len(rates) == 1  # both trials have one shape: measured once
+    runlog.write_config(tmp_path / ESTIMATED[0].name(), {"epochs_done": 2, "status": runlog.STATUS_RUNNING})
+    assert estimate_seconds(stacks, dataset, "cpu", tmp_path, rates=rates) == pytest.approx(fresh * 4 / 6)
+    planned = {ESTIMATED[1].name(): 1}  # ASHA's plan stops the second trial after epoch 1
+    assert estimate_seconds(stacks, dataset, "cpu", tmp_path, planned, rates) == pytest.approx(fresh * 2 / 6)
+
+
+def test_the_estimate_charges_each_driver_its_own_checkpoints(small_data):
+    """The single driver writes a trial's checkpoints every epoch; the stacked engine every
+    CHECKPOINT_SECONDS and at the end. With training itself free, checkpoints are all that is left."""
+    dataset = load_dataset(small_data, progress=False)
+    free = {(32, 64, "resize", k, "fp32"): float("inf") for k in (1, 2)}
+    single = estimate_seconds([[c] for c in ESTIMATED], dataset, "cpu", rates=free, engine="single")
+    stacked = estimate_seconds([ESTIMATED], dataset, "cpu", rates=free, engine="stacked")
+    assert single > 0
+    assert stacked == pytest.approx(single * 2 / 6)  # 2 trials x 3 epochs against 2 trials once
 
 
 # ----------------------------------------------------------------------------- a real grid

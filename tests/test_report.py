@@ -11,15 +11,19 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from alexnet_tiny import runlog
 from alexnet_tiny.config import HYPERPARAMETERS, PRESETS, describe
 from alexnet_tiny.errors import UserError
-from alexnet_tiny.evaluate import evaluate_checkpoint
+from alexnet_tiny.figures import RIGHT, WRONG
+from alexnet_tiny.data import load_dataset
 from alexnet_tiny.grid import run_grid
-from alexnet_tiny.report import FIGURES, find_all_trials, write_report
+from alexnet_tiny.model import AlexNet
+from alexnet_tiny.report import FIGURES, Trial, find_all_trials, load_trial, trial_row, write_report
 
 from conftest import FAST, run_cli
 
@@ -73,15 +77,31 @@ def clone(src: Path, dst: Path, skip=lambda p: False) -> Path:
     return dst
 
 
-def test_every_figure_is_a_real_png(report):
+def pixels_of(im: Image.Image, colour: str) -> int:
+    rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    return int((rgb == [int(colour[i:i + 2], 16) for i in (1, 3, 5)]).all(1).sum())
+
+
+def test_every_figure_is_a_real_png_on_the_page(report):
     out, _ = report
-    for name in FIGURES.values():
+    page = (out / "index.html").read_text()
+    for key, name in FIGURES.items():
         with Image.open(out / name) as im:
             assert im.format == "PNG", name
             assert 400 <= im.width <= 4000 and 150 <= im.height <= 4000, (name, im.size)
-            im.verify()
-    for name in ("index.html", "results.csv", "results.md", "report.json"):
+            assert len(im.convert("RGB").getcolors(1 << 24)) > 16, name  # drawn, not blank
+        shown = f'<a href="{name}">' if key == "table" else f'<img src="{name}" alt="'  # the table is HTML there
+        assert shown in page, name
+    for name in ("results.csv", "results.md", "report.json"):
         assert (out / name).stat().st_size > 0
+
+
+def test_sample_captions_are_green_when_right_and_red_when_wrong(report):
+    out, _ = report
+    samples = json.loads((out / "report.json").read_text())["evaluation"]["samples"]
+    right = sum(s["true"] == s["predicted"] for s in samples)
+    with Image.open(out / FIGURES["samples"]) as im:
+        assert (pixels_of(im, RIGHT) > 0, pixels_of(im, WRONG) > 0) == (right > 0, right < len(samples))
 
 
 def test_table_equals_the_runs_metrics(report, grid_dir):
@@ -107,20 +127,44 @@ def test_table_equals_the_runs_metrics(report, grid_dir):
     assert [i for i, line in enumerate(md[2:]) if "**best**" in line] == [grid_trials.index(expected_best)]
 
 
-def test_best_checkpoint_evaluation(report, grid_dir):
+def test_the_best_epoch_is_the_one_best_pt_holds(grid_dir):
+    """A run whose latest epoch is logged but not yet checkpointed (the stacked engine writes
+    checkpoints every few minutes) has no best on disk: the report says so, as results.csv does,
+    instead of naming an epoch from the TensorBoard scalars whose weights best.pt does not hold."""
+    name = json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"]
+    trial = load_trial(Trial(name, grid_dir / name), [])
+    assert trial.scalars["val_accuracy"]  # the epoch is logged
+    row = trial_row(trial)
+    assert (row["best_epoch"], row["best_val_accuracy"]) == (1, trial.record["best_val_accuracy"])
+    trial.record = {**trial.record, "status": runlog.STATUS_RUNNING, "epochs_done": 0, "best_epoch": None,
+                    "best_val_accuracy": None, "test_accuracy_at_best": None}
+    row = trial_row(trial)
+    assert (row["best_epoch"], row["best_val_accuracy"], row["status"]) == (None, None, "running")
+
+
+def test_best_checkpoint_evaluation(report, grid_dir, small_data):
     out, _ = report
     rep = json.loads((out / "report.json").read_text())
     best = rep["best"]["trial"]
     ev = rep["evaluation"]
-    ckpt = grid_dir / best / "best.pt"
-    # the same checkpoint through `alexnet-tiny evaluate`'s code path
+    # best.pt through a plain AlexNet, here: 64 px images need no resize, only ImageNet's normalisation
+    ckpt = torch.load(grid_dir / best / "best.pt", map_location="cpu", weights_only=True)
+    model = AlexNet(3, hidden=ckpt["model"]["classifier.1.weight"].shape[0])
+    model.load_state_dict(ckpt["model"])
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    dataset = load_dataset(small_data, progress=False)
     for split, key in (("test", "test"), ("official-val", "official_val")):
-        independent = evaluate_checkpoint(ckpt, split=split, device="cpu", progress=False)
-        assert ev[key]["accuracy"] == pytest.approx(independent["accuracy"])
-        assert ev[key]["images"] == independent["images"]
+        images, labels = dataset.splits[split].images, dataset.splits[split].labels
+        with torch.no_grad():
+            predicted = model.eval()((images.float() / 255 - mean) / std).argmax(1)
+        confusion = torch.zeros(3, 3, dtype=torch.long).index_put_((labels, predicted), torch.tensor(1), accumulate=True)
+        assert ev[key]["images"] == len(labels)
+        assert ev[key]["accuracy"] == pytest.approx((predicted == labels).float().mean().item())
         if split == "test":
-            assert ev["test"]["confusion"] == independent["confusion"]
-            assert [c["accuracy"] for c in ev["test"]["per_class"]] == [c["accuracy"] for c in independent["per_class"]]
+            assert ev["test"]["confusion"] == confusion.tolist()
+            assert [c["accuracy"] for c in ev["test"]["per_class"]] == pytest.approx(
+                (confusion.diag() / confusion.sum(1)).tolist())
+    # and as the training loop measured it at the best epoch
     assert ev["test"]["accuracy"] == pytest.approx(rep["best"]["test_accuracy_at_best"], abs=1e-6)
     names = [c["name"] for c in ev["test"]["per_class"]]
     assert names == ["colour0", "colour1", "colour2"]  # class names from words.txt, not wnids
@@ -131,7 +175,6 @@ def test_best_checkpoint_evaluation(report, grid_dir):
 def test_what_the_network_learned_as_numbers(report, grid_dir, small_data):
     """report.json's top-5, nearest neighbours, Grad-CAM and kernels entries, checked against the
     checkpoint and the prepared data."""
-    from alexnet_tiny.data import load_dataset
     from alexnet_tiny.evaluate import SavedModel
     out, _ = report
     rep = json.loads((out / "report.json").read_text())
@@ -433,7 +476,6 @@ def test_a_bf16_trial_is_evaluated_in_bf16(grid_dir, small_data, tmp_path):
     it), and the page says which: here a real run's best.pt marked as a bf16 trial's."""
     import torch
     from alexnet_tiny.checkpoint import load_checkpoint, model_from_checkpoint
-    from alexnet_tiny.data import load_dataset
     from alexnet_tiny.evaluate import evaluate
     runs = clone(grid_dir, tmp_path / "g", skip=lambda p: p.name == runlog.BEST_CKPT)
     for trial in grid_dir.iterdir():

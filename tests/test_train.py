@@ -227,9 +227,10 @@ def test_resume_with_a_cut_metrics_line(run_b, dataset, tmp_path):
 
 def test_resume_of_a_finished_run_does_nothing(run_a, dataset):
     before = {p.name: p.stat().st_mtime_ns for p in run_a.iterdir()}
+    recorded = runlog.read_config(run_a)
     logged = []
     rec = train(TRAIN, dataset, run_a, device="cpu", resume=True, progress=False, log=logged.append)
-    assert rec == runlog.read_config(run_a)
+    assert rec == recorded and (rec["status"], rec["epochs_done"]) == ("done", TRAIN.epochs)
     assert logged == [f"{run_a}: already finished (done), nothing to do"]
     assert {p.name: p.stat().st_mtime_ns for p in run_a.iterdir()} == before
 

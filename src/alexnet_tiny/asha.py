@@ -61,17 +61,26 @@ class Asha:
                     f"of {len(self.recorded[rung]) - 1} trial(s) there before it")
         return None
 
-    def planned_epochs(self, epochs: list[int]) -> list[int]:
+    def planned_epochs(self, epochs: list[int], done: list[int] | None = None,
+                       stopped: list[bool] | None = None) -> list[int]:
         """Each trial's epochs if successive halving keeps the planned share at every rung: of n
-        trials reaching a rung, ceil(n / reduction_factor) go on (the first ones in grid order, as
-        the first trial at a rung always goes on). ASHA's real decisions depend on the results."""
+        trials reaching a rung, ceil(n / reduction_factor) go on. What a resumed grid already knows
+        counts first: a trial past a rung (`done` epochs) went on there, a trial `stopped` at its
+        last epoch stopped there; the other places go to the undecided trials in grid order (the
+        first trial at a rung always goes on). ASHA's real decisions depend on the results."""
+        done = done or [0] * len(epochs)
+        stopped = stopped or [False] * len(epochs)
         planned, alive = list(epochs), list(range(len(epochs)))
         for rung in self.rungs:
             alive = [i for i in alive if epochs[i] > rung]
-            keep = alive[:max(1, math.ceil(len(alive) / self.reduction_factor - 1e-9))] if alive else []
-            for i in alive[len(keep):]:
-                planned[i] = rung
-            alive = keep
+            went_on = [i for i in alive if done[i] > rung]
+            open_ = [i for i in alive if done[i] <= rung and not (stopped[i] and done[i] == rung)]
+            places = max(1, math.ceil(len(alive) / self.reduction_factor - 1e-9)) if alive else 0
+            keep = set(went_on + open_[:max(0, places - len(went_on))])
+            for i in alive:
+                if i not in keep:
+                    planned[i] = rung
+            alive = [i for i in alive if i in keep]
         return planned
 
     def settings(self) -> dict:

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from . import __version__
 from .config import HYPERPARAMETERS, TYPES, preset
-from .data import DEFAULT_DATA_DIR, OFFICIAL_VAL, SPLIT_KINDS, SPLITS, split_description
-from .device import require_torch
+from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
+from .asha import SCHEDULERS
+from .device import PRECISIONS, require_torch
+from .engine import ENGINES
+from .grid import BACKENDS
 from .errors import UserError
 
 
@@ -53,10 +56,10 @@ def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="auto", choices=["auto", "stacked", "single"],
+    p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="stacked: trials sharing a data stream train together as one stacked model (engine.py); "
                         "single: one trial at a time; auto (default): stacked on a GPU, single on the CPU")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: forward and backward under bf16 autocast, fp32 weights and SGD (default fp32)")
 
 
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss, accuracy and per-class accuracy of a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the run, else data/tiny-image10)")
-    p.add_argument("--split", default="test", choices=["test", "val", "train", OFFICIAL_VAL])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--flip", action="store_true", help="also the accuracy with test-time flip averaging (the logits "
                    "of each image and its mirror image, averaged), reported beside the plain one")
@@ -217,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="skip finished trials, continue unfinished ones")
     p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
-    p.add_argument("--backend", default="local", choices=["local", "ray"], help="local (this machine) or ray")
+    p.add_argument("--backend", default="local", choices=BACKENDS, help="local (this machine) or ray")
     add_engine_flag(p)
-    p.add_argument("--scheduler", default=None, choices=["none", "asha"],
+    p.add_argument("--scheduler", default=None, choices=SCHEDULERS,
                    help="asha: stop trials whose validation accuracy trails at rungs (epochs grace period x "
                         "reduction factor^k), as Ray Tune's ASHAScheduler (default: the preset's, else none)")
     p.add_argument("--grace-period", type=int, default=None, metavar="EPOCHS",

@@ -38,7 +38,7 @@ from .data import Dataset, folder_lock
 from .device import autocast, free_memory, prepare_device
 from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
-from .model import AlexNet, dropout_mask
+from .model import AlexNet, dropout_mask, initial_alexnet
 from .runfolder import RunFolder, epoch_line
 from .transforms import Preprocessing, eval_batch
 from .trial import (UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
@@ -298,10 +298,9 @@ class Stack:
     def __init__(self, runs: list[RunFolder], dataset: Dataset, device: torch.device):
         self.runs, self.dataset, self.device = runs, dataset, device
         configs = [r.config for r in runs]
-        torch.manual_seed(configs[0].seed)  # every trial starts from the weights it would start from alone
-        self.model = StackedAlexNet(AlexNet(head_size(configs[0], dataset.num_classes), init=configs[0].init,
-                                            dropout=configs[0].dropout),
-                                    len(runs), device)
+        first = configs[0]  # every trial starts from the weights it would start from alone
+        self.model = StackedAlexNet(initial_alexnet(first.seed, head_size(first, dataset.num_classes), first.init,
+                                                    first.dropout), len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
         self.loss_fn = TrialLosses([c.label_smoothing for c in configs], device)

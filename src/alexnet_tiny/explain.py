@@ -26,7 +26,7 @@ from torch import nn
 from .data import Dataset
 from .checkpoint import checkpoint_outputs
 from .evaluate import EVAL_BATCH_SIZE, SavedModel, output_names
-from .model import AlexNet
+from .model import AlexNet, initial_alexnet
 from .transforms import Preprocessing, eval_batch
 
 
@@ -43,9 +43,8 @@ def initial_model(ckpt: dict) -> AlexNet:
     """The weights the checkpoint's run started from: TrialState's seeding and initialisation, redone
     with the checkpoint's classes and hidden width."""
     config = ckpt["config"]
-    torch.manual_seed(config["seed"])
     hidden = ckpt["model"]["classifier.1.weight"].shape[0]
-    return AlexNet(checkpoint_outputs(ckpt), hidden=hidden, init=config.get("init", "torch"))
+    return initial_alexnet(config["seed"], checkpoint_outputs(ckpt), config.get("init", "torch"), hidden=hidden)
 
 
 @torch.no_grad()

@@ -19,8 +19,8 @@ from . import runlog
 from .asha import SCHEDULERS, Asha
 from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce, head_size
 from .data import Dataset, ensure_dataset, folder_lock, write_json
-from .device import check_precision, prepare_device, resolve_device, synchronize
-from .engine import StackedAlexNet, StackedSGD, plan_stacks, resolve_engine
+from .device import autocast, check_precision, prepare_device, resolve_device, synchronize
+from .engine import CHECKPOINT_SECONDS, StackedAlexNet, StackedSGD, plan_stacks, resolve_engine
 from .allocator import retained_heap
 from .errors import UserError
 from .model import AlexNet, count_parameters
@@ -135,13 +135,14 @@ def grid_trials(preset: str | None = None, config: Path | str | None = None) -> 
 # ----------------------------------------------------------------------------- estimate
 
 @retained_heap()  # as train_one_epoch: fresh gradients reuse freed memory
-def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int | None = None, stack: int = 1) -> float:
+def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int | None = None, stack: int = 1,
+                       precision: str = "fp32") -> float:
     """Training images per second for this config on this device, from real steps of the loop that
     will run: the training split resident on the device, the trial's own data stream (`epoch_batches`:
     shuffled across classes, as an epoch; a batch of one class, trained on again and again, soon has
     gradients so small that denormal arithmetic slows the step several times), the device policy set
-    first, warm-up steps not timed. With stack > 1, trial-images per second of that many trials stacked
-    by the engine. Default steps: 3 on the CPU, 20 on a GPU (whose steps are short)."""
+    first, warm-up steps not timed, under the run's precision. With stack > 1, trial-images per second
+    of that many trials stacked by the engine. Default steps: 3 on the CPU, 20 on a GPU (whose steps are short)."""
     dev = torch.device(device)
     prepare_device(dev)
     warmup = 1 if dev.type == "cpu" else 3  # cuDNN's algorithm search happens in the first steps
@@ -167,8 +168,9 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
         if i == warmup:
             synchronize(dev)
             t0 = time.perf_counter()
-        out = model(x)
-        loss = loss_fn(out if stack > 1 else out.unsqueeze(0), y, lam).sum()
+        with autocast(dev, precision):
+            out = model(x)
+            loss = loss_fn(out if stack > 1 else out.unsqueeze(0), y, lam).sum()
         optimizer.zero_grad()
         loss.backward()
         step()
@@ -178,28 +180,32 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
 
 
 def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, out: Path | None = None,
-                     planned: dict[str, int] | None = None, rates: dict | None = None) -> float:
+                     planned: dict[str, int] | None = None, rates: dict | None = None, engine: str = "single",
+                     precision: str = "fp32") -> float:
     """Train images / measured rate, plus evaluation (about a third of a training step per image),
     for trials run in these stacks (lists of one trial each when trained one at a time), each to
     its last epoch or to `planned[name]`, counting only the epochs a resume still has to run when
-    `out` holds their run folders. `rates` caches the measured throughputs between calls. On the
-    CPU every trial-epoch also writes best.pt and last.pt (weights three times over, with the
-    momenta): CHECKPOINT_BYTES_PER_SECOND of them."""
+    `out` holds their run folders. `rates` caches the measured throughputs between calls. Checkpoints
+    (weights three times over, with the momenta, at CHECKPOINT_BYTES_PER_SECOND): the single driver
+    writes a trial's every epoch, the stacked engine each trial every CHECKPOINT_SECONDS and at its end."""
     planned = planned or {}
     rates = {} if rates is None else rates
     n_train, n_eval = len(dataset.splits["train"]), len(dataset.splits["val"]) + len(dataset.splits["test"])
-    checkpoint_seconds = 0.0
-    if torch.device(device).type == "cpu":
-        checkpoint_seconds = 3 * 4 * count_parameters(AlexNet(dataset.num_classes)) / CHECKPOINT_BYTES_PER_SECOND
     total = 0.0
     for group in stacks:
         t = group[0]
-        key = (t.batch_size, t.image_size, len(group))
+        key = (t.batch_size, t.image_size, t.input, len(group), precision)
         if key not in rates:
-            rates[key] = measure_throughput(t, dataset, device, stack=len(group))
-        done = {c.name(): runlog.epochs_done(out / c.name()) if out is not None else 0 for c in group}
-        left = sum(max(0, planned.get(c.name(), c.epochs) - done[c.name()]) for c in group)
-        total += left * ((n_train + n_eval / 3) / rates[key] + checkpoint_seconds)
+            rates[key] = measure_throughput(t, dataset, device, stack=len(group), precision=precision)
+        left = [max(0, planned.get(c.name(), c.epochs) - (runlog.epochs_done(out / c.name()) if out else 0))
+                for c in group]
+        seconds = sum(left) * (n_train + n_eval / 3) / rates[key]
+        save = 3 * 4 * count_parameters(AlexNet(head_size(t, dataset.num_classes))) / CHECKPOINT_BYTES_PER_SECOND
+        if engine == "stacked":
+            saves = sum(1 for n in left if n) * (1 + int(seconds // CHECKPOINT_SECONDS))
+        else:
+            saves = sum(left)
+        total += seconds + saves * save
     return total
 
 
@@ -250,20 +256,29 @@ def plan_groups(todo: list[TrainConfig], out: Path, dataset: Dataset, dev: torch
     return [[todo[i] for i in s] for s in stacks]
 
 
+def planned_epochs(asha: Asha, trials: list[TrainConfig], out: Path | None) -> dict[str, int]:
+    """Each trial's epochs if ASHA stops the planned share, knowing what the folders in `out` say."""
+    records = [(runlog.read_config(out / t.name()) or {}) if out else {} for t in trials]
+    planned = asha.planned_epochs([t.epochs for t in trials], [r.get("epochs_done", 0) for r in records],
+                                  [r.get("status") == runlog.STATUS_STOPPED for r in records])
+    return dict(zip((t.name() for t in trials), planned))
+
+
 def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[list[TrainConfig]], dataset: Dataset,
              dev, estimate: bool, log, out: Path | None = None, asha: Asha | None = None,
-             time_budget: float | None = None) -> None:
+             time_budget: float | None = None, engine: str = "single", precision: str = "fp32") -> None:
     """The grid's first lines: trial count, the duration measured on this device, the stacks."""
     line = f"grid: {len(trials)} trials ({len(trials) - len(todo)} already finished)"
     if estimate and todo:
-        planned = dict(zip((t.name() for t in trials), asha.planned_epochs([t.epochs for t in trials]))) if asha else None
+        planned = planned_epochs(asha, trials, out) if asha else None
         rates = {}
-        eta = estimate_seconds(groups, dataset, dev, out, planned, rates)
+        eta = estimate_seconds(groups, dataset, dev, out, planned, rates, engine, precision)
         warn = " -- many hours on a CPU: consider a GPU or --preset quick" if eta > 3 * 3600 else ""
         line += f", estimated {format_duration(eta)} on {dev}{warn}"
         if asha:
             line += (f" if ASHA stops the planned share of trials (at most "
-                     f"{format_duration(estimate_seconds(groups, dataset, dev, out, rates=rates))} if it stops none)")
+                     f"{format_duration(estimate_seconds(groups, dataset, dev, out, None, rates, engine, precision))} "
+                     f"if it stops none)")
         if time_budget is not None and time_budget < eta:
             line += f"; the time budget ends it after {format_duration(time_budget)}"
     if asha:
@@ -368,7 +383,7 @@ def _run_grid(trials, out, data, device, resume, backend, progress, log, ray_opt
         dev = resolve_device(device)
         engine = resolve_engine(engine, dev, log)
         groups = plan_groups(todo, out, dataset, dev, engine, max_stack)
-        announce(trials, todo, groups, dataset, dev, estimate, log, out, asha, time_budget)
+        announce(trials, todo, groups, dataset, dev, estimate, log, out, asha, time_budget, engine, precision)
         run_local(trials, out, dataset, dev, engine, max_stack, precision, progress, log, asha, budget)
         out_of_time = budget.reached
     if out_of_time:

@@ -93,5 +93,14 @@ class AlexNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+def initial_alexnet(seed: int, num_classes: int, init: str = "torch", dropout: float = 0.5,
+                    hidden: int | None = None) -> AlexNet:
+    """A run's starting weights, the one definition every driver and the report use: torch's global
+    RNG seeded with the run's seed, then the network built and initialised (so a stacked trial starts
+    from the weights it has alone, and a report can redo a run's start from its checkpoint)."""
+    torch.manual_seed(seed)
+    return AlexNet(num_classes, dropout=dropout, hidden=hidden, init=init)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

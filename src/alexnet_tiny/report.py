@@ -18,8 +18,9 @@
                                   beside ours (published.py)
     <out>/report.json             all of the above as data, and what was missing
 
-Metrics come from the event files (tags from runlog.TAGS), never from metrics.jsonl, so the report
-shows what TensorBoard shows. The best trial's checkpoint is evaluated again on the test split (for
+The table's results come from each run's config.json, as the grid's results.csv has them (the best
+epoch is the one whose weights best.pt holds); the curves from the event files (tags from
+runlog.TAGS), so they show what TensorBoard shows. The best trial's checkpoint is evaluated again on the test split (for
 per-class accuracy, confusion and samples) and on official-val, which no trial ever saw, each also
 with test-time flip averaging, reported beside the plain accuracy. Several folders (grids, runs) can
 be reported on together, to compare presets or ablations: trials that differ only in their seed are
@@ -43,7 +44,8 @@ from .data import OFFICIAL_VAL, Split, atomic_path, load_dataset, write_json
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import SavedModel, evaluation, output_names, per_class_rows
-from .results import best_row, format_spread, format_value, grid_map, seed_groups, write_results
+from .results import (RESULT_COLUMNS, RUN_METRICS, best_row, format_spread, format_value, grid_map, run_metrics,
+                      seed_groups, write_results)
 
 
 DEFAULTS = TrainConfig().to_dict()
@@ -55,9 +57,8 @@ FIGURES = {"table": "results_table.png", "curves": "learning_curves.png", "per_c
            "kernels": "conv1_kernels.png", "top5": "top5.png", "neighbours": "nearest_neighbours.png",
            "cam": "grad_cam.png", "grid_map": "grid_map.png", "accuracy_vs_minutes": "accuracy_vs_minutes.png"}
 ARRAYS = ("sample_images", "pictures")  # evaluation entries for the figures only, not for report.json
-METRIC_COLUMNS = ["epochs_done", "best_val_accuracy", "best_epoch", "test_accuracy_at_best", "final_train_loss",
-                  "seconds", "status"]
-COLUMNS = ["best", "trial", *HYPERPARAMETERS, *METRIC_COLUMNS]
+METRIC_COLUMNS = [c for c in RUN_METRICS if c != "reason"]  # the table's columns; results.csv has them all
+COLUMNS = ["best", *RESULT_COLUMNS]
 HEADINGS = {"best_val_accuracy": "best val acc", "best_epoch": "best epoch", "test_accuracy_at_best": "test acc at best",
             "final_train_loss": "final train loss", "epochs_done": "epochs done"}
 
@@ -125,7 +126,7 @@ def load_trial(trial: Trial, missing: list[str]) -> Trial:
     try:
         trial.record = runlog.read_config(path)
         if trial.record is None:
-            missing.append(f"trial {path.name}: no {runlog.CONFIG_FILE} (hyperparameters unknown)")
+            missing.append(f"trial {path.name}: no {runlog.CONFIG_FILE} (hyperparameters and results unknown)")
     except UserError as e:
         missing.append(f"trial {path.name}: {e}")
     if not _event_files(path):
@@ -140,21 +141,10 @@ def load_trial(trial: Trial, missing: list[str]) -> Trial:
 
 
 def trial_row(trial: Trial) -> dict:
-    """One table row: hyperparameters from config.json, metrics from the TensorBoard scalars."""
-    row = {"best": "", "trial": trial.name, **{h: trial.hyperparameters.get(h) for h in HYPERPARAMETERS}}
-    row.update(dict.fromkeys(METRIC_COLUMNS))
-    row["status"] = (trial.record or {}).get("status", "pending" if not trial.path.is_dir() else "unknown")
-    val = trial.scalars.get("val_accuracy", [])
-    if val:
-        best_epoch, best_val = max(val, key=lambda p: p[1])  # the first epoch reaching the maximum
-        row.update(best_val_accuracy=best_val, best_epoch=best_epoch,
-                   test_accuracy_at_best=dict(trial.scalars.get("test_accuracy", [])).get(best_epoch))
-    if trial.scalars.get("train_loss"):
-        row["epochs_done"] = len(trial.scalars["train_loss"])
-        row["final_train_loss"] = trial.scalars["train_loss"][-1][1]
-    if trial.scalars.get("epoch_seconds"):
-        row["seconds"] = round(sum(v for _, v in trial.scalars["epoch_seconds"]), 1)
-    return row
+    """One table row, as the grid's results.csv has it: hyperparameters and results from config.json
+    (the best epoch is the one whose weights best.pt holds; the scalars draw the curves)."""
+    return {"best": "", "trial": trial.name, **{h: trial.hyperparameters.get(h) for h in HYPERPARAMETERS},
+            **run_metrics(trial.record, "pending" if not trial.path.is_dir() else "unknown")}
 
 
 def choose_best(rows: list[dict], missing: list[str]) -> dict | None:
@@ -624,7 +614,8 @@ def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict)
                      f"{pct(ev['test']['accuracy'])}); the table and the selection use plain accuracy.</p>")
     parts += ["<h2>Results</h2>", _table_html(header, cells, best_index),
               '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
-              '<a href="results_table.png">results_table.png</a>; metrics read from the TensorBoard event files.</p>',
+              '<a href="results_table.png">results_table.png</a>; results from each trial&rsquo;s config.json, '
+              'curves from its TensorBoard files.</p>',
               *_published_html(report.get("published")),
               *_grid_map_html(report.get("grid_map"), made),
               *(["<h2>Configurations over seeds</h2>", _configurations_html(report["configurations"], made)]

@@ -16,8 +16,11 @@ from .config import HYPERPARAMETERS, TrainConfig, describe
 from .data import atomic_path
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
-RESULT_COLUMNS = ["trial", *HYPERPARAMETERS, "best_val_accuracy", "best_epoch", "test_accuracy_at_best",
-                  "final_train_loss", "status", "seconds", "reason"]
+# A trial's results as its config.json records them (runfolder.py decides the best epoch, once: the
+# first epoch reaching the highest validation accuracy, whose weights are the ones in best.pt).
+RUN_METRICS = ["epochs_done", "best_val_accuracy", "best_epoch", "test_accuracy_at_best", "final_train_loss",
+               "status", "seconds", "reason"]
+RESULT_COLUMNS = ["trial", *HYPERPARAMETERS, *RUN_METRICS]
 FOUR_DIGITS = ("best_val_accuracy", "test_accuracy_at_best", "final_train_loss")
 
 
@@ -34,13 +37,14 @@ def collect_results(out: Path, trials: list[TrainConfig]) -> list[dict]:
     """One row per trial of a grid folder, from each run folder's config.json."""
     rows = []
     for t in trials:
-        rec = runlog.read_config(out / t.name()) or {"status": "pending"}
-        row = {"trial": t.name(), **t.to_dict()}
-        for key in RESULT_COLUMNS[len(row):]:
-            row[key] = rec.get(key)
-        row["status"] = rec.get("status", "pending")
-        rows.append(row)
+        rows.append({"trial": t.name(), **t.to_dict(), **run_metrics(runlog.read_config(out / t.name()))})
     return rows
+
+
+def run_metrics(record: dict | None, status: str = "pending") -> dict:
+    """The RUN_METRICS of a run folder's config.json record (`status` when there is none)."""
+    record = record or {}
+    return {**{key: record.get(key) for key in RUN_METRICS}, "status": record.get("status", status)}
 
 
 def best_row(rows: list[dict], finished_only: bool = True) -> dict | None:

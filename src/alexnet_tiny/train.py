@@ -23,7 +23,7 @@ from .device import autocast, check_precision, prepare_device, resolve_device
 from .engine import resolve_engine, train_stack
 from .errors import UserError
 from .evaluate import evaluate
-from .model import AlexNet
+from .model import initial_alexnet
 from .runlog import STATUS_RUNNING
 from .runfolder import RunFolder, epoch_line, record_failure
 from .transforms import Preprocessing
@@ -42,8 +42,8 @@ class TrialState:
 
     def __init__(self, config: TrainConfig, num_classes: int, device):
         self.config = config
-        torch.manual_seed(config.seed)
-        self.model = AlexNet(head_size(config, num_classes), init=config.init, dropout=config.dropout).to(device)
+        self.model = initial_alexnet(config.seed, head_size(config, num_classes), config.init,
+                                     config.dropout).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
 

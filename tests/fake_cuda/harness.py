@@ -205,8 +205,9 @@ def planner(data, out):
     """The grid's stacks and its estimate on the device."""
     trials = [QUICK.replace(lr=lr) for lr in (0.001, 0.004, 0.016)]
     groups = grid.plan_groups(trials, out, data, CUDA, "stacked", None)
-    seconds = grid.estimate_seconds(groups, data, CUDA, out)
-    return [len(groups), len(groups[0]), seconds > 0]
+    seconds = grid.estimate_seconds(groups, data, CUDA, out, engine="stacked")
+    bf16 = grid.estimate_seconds(groups, data, CUDA, out, engine="stacked", precision="bf16")
+    return [len(groups), len(groups[0]), seconds > 0, bf16 > 0]
 
 
 SCENARIOS = {"single": single, "single-bf16": lambda d, o: single(d, o, "bf16"), "stacked": stacked,
