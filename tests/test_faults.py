@@ -1,9 +1,12 @@
-"""kill -9 at seeded random moments of real `prepare` and `train` processes, then the same command
-again (`--resume` for train): it completes, and the result equals an uninterrupted run, as the design
-says (every epoch's randomness comes from (seed, epoch); files are renamed into place). The grid's
-SIGKILL test is in test_grid.py. A longer hunt: ALEXNET_TINY_FAULT_KILLS=20."""
+"""kill -9 at seeded random moments of real `prepare`, `train`, `grid` (the stacked engine) and `report`
+processes, then the same command again (`--resume` for train and grid): it completes, and the result
+equals an uninterrupted run, as the design says (every epoch's randomness comes from (seed, epoch);
+files are renamed into place). A disk that refuses a checkpoint half-way (the file size limit of the
+process, a real failed write) leaves the previous checkpoint usable. The single-trial grid's SIGKILL
+test is in test_grid.py. A longer hunt: ALEXNET_TINY_FAULT_KILLS=20."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from alexnet_tiny import runlog
+from alexnet_tiny.checkpoint import load_checkpoint
+from alexnet_tiny.config import PRESETS
 from alexnet_tiny.data import load_dataset, lock_path
-from conftest import NARROW_ENV, run_cli, without_timing
+from alexnet_tiny.train import train
+from conftest import NARROW_ENV, quiet, run_cli, without_timing
 
 KILLS = int(os.environ.get("ALEXNET_TINY_FAULT_KILLS", "2"))
 SEED = 20261203
@@ -37,7 +43,14 @@ def killed_after(seconds: float, *args, env=None) -> int:
 
 
 def no_temporaries(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+def timed_cli(*args, env=None) -> float:
+    """Run the CLI to its end (checked); its duration in seconds."""
+    started = time.perf_counter()
+    run_cli(*args, env=env, check=True)
+    return time.perf_counter() - started
 
 
 @pytest.mark.slow
@@ -73,3 +86,81 @@ def test_train_killed_at_random_moments_resumes_to_the_same_run(small_data, tmp_
         assert without_timing(runlog.read_metrics(out)) == without_timing(runlog.read_metrics(reference))
         assert runlog.read_config(out)["status"] == "done" and no_temporaries(out) == []
         assert not lock_path(out).exists()
+
+
+STACKED_GRID = 'preset = "quick"\nlr = [0.004, 0.002]\nmomentum = [0.9]\nepochs = 2\nbatch_size = 32\nimage_size = 64\n'
+
+
+def grid_state(out: Path) -> dict:
+    return {p.name: (runlog.read_config(p)["status"], without_timing(runlog.read_metrics(p)))
+            for p in sorted(out.iterdir()) if p.is_dir()}
+
+
+@pytest.mark.slow
+def test_stacked_grid_killed_at_random_moments_resumes_to_the_same_trials(small_data, tmp_path):
+    toml = tmp_path / "g.toml"
+    toml.write_text(STACKED_GRID)
+    flags = ["--config", toml, "--data", small_data, "--device", "cpu", "--engine", "stacked", "--no-report", "-q"]
+    reference = tmp_path / "reference"
+    duration = timed_cli("grid", *flags, "--out", reference, env=NARROW_ENV)
+    rng = random.Random(SEED + 2)
+    for k in range(KILLS):
+        out = tmp_path / f"killed{k}"
+        killed_after(rng.uniform(0.3, 0.9) * duration, "grid", *flags, "--out", out, env=NARROW_ENV)
+        run_cli("grid", *flags, "--out", out, "--resume", env=NARROW_ENV, check=True)
+        assert grid_state(out) == grid_state(reference)
+        assert no_temporaries(out) == [] and not lock_path(out).exists()
+
+
+@pytest.mark.slow
+def test_report_killed_at_random_moments_writes_the_same_report(small_data, tmp_path):
+    runs = tmp_path / "runs"
+    toml = tmp_path / "g.toml"
+    toml.write_text(STACKED_GRID.replace("epochs = 2", "epochs = 1"))
+    run_cli("grid", "--config", toml, "--data", small_data, "--device", "cpu", "--out", runs, "--no-report", "-q",
+            env=NARROW_ENV, check=True)
+    reference = tmp_path / "reference"
+    duration = timed_cli("report", runs, "--out", reference, "--device", "cpu", "-q", env=NARROW_ENV)
+
+    def written(out: Path) -> dict:
+        report = json.loads((out / "report.json").read_text())
+        return {k: v for k, v in report.items() if k != "generated"}
+
+    rng = random.Random(SEED + 3)
+    for k in range(KILLS):
+        out = tmp_path / f"killed{k}"
+        killed_after(rng.uniform(0.2, 0.9) * duration, "report", runs, "--out", out, "--device", "cpu", "-q",
+                     env=NARROW_ENV)
+        run_cli("report", runs, "--out", out, "--device", "cpu", "-q", env=NARROW_ENV, check=True)
+        assert written(out) == written(reference)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+        assert no_temporaries(out) == []
+
+
+# The CLI in a process whose files may not grow past LIMIT bytes: a write past it fails (EFBIG) as a full
+# disk's does (ENOSPC), part-way through the file.
+LIMITED = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "limit = int(sys.argv.pop(1)); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "from alexnet_tiny.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.usefixtures("narrow_alexnet")
+def test_a_disk_that_fails_mid_checkpoint_leaves_the_previous_one_usable(small_data, tmp_path):
+    config = PRESETS["quick"].replace(epochs=2, image_size=64)
+    dataset = load_dataset(small_data, progress=False)
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    train(config, dataset, reference, device="cpu", progress=False, log=quiet)
+    train(config, dataset, out, device="cpu", progress=False, log=quiet, until=1)
+    before = {name: (out / name).read_bytes() for name in (runlog.LAST_CKPT, runlog.BEST_CKPT)}
+    limit = len(before[runlog.LAST_CKPT]) // 2  # logs fit; a checkpoint stops half-way
+    proc = subprocess.run([sys.executable, "-c", LIMITED, str(limit), "train", *TRAIN_FLAGS, "--data", str(small_data),
+                           "--out", str(out), "--resume"], env={**os.environ, **NARROW_ENV}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line in {f"alexnet-tiny train: error: {out / name}: File too large" for name in before}, last_line
+    assert {name: (out / name).read_bytes() for name in before} == before  # untouched, and still load
+    assert load_checkpoint(out / runlog.LAST_CKPT)["epoch"] == 1 and runlog.epochs_done(out) == 1
+    assert no_temporaries(out) == [] and not lock_path(out).exists()
+    run_cli("train", *TRAIN_FLAGS, "--data", small_data, "--out", out, "--resume", env=NARROW_ENV, check=True)
+    assert without_timing(runlog.read_metrics(out)) == without_timing(runlog.read_metrics(reference))

@@ -596,5 +596,14 @@ def write_json(path: Path | str, obj) -> None:
 
 
 def atomic_torch_save(obj, path: Path | str) -> None:
+    """torch.save, renamed into place. torch's zip writer reports a failed write (a full disk) as a
+    RuntimeError; written through a Python file, the OSError underneath is known and raised instead."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except (OSError, RuntimeError) as e:
+            cause = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(cause, OSError):
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
