@@ -85,9 +85,9 @@ def check_sgd(device) -> int:
     for k, s in enumerate(singles):
         stack.load_trial(k, s.model.state_dict())
     sgd = StackedSGD(stack, configs)
-    gen = torch.Generator(device=device).manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # drawn on the CPU: the same gradients on every device
     for p in stack.params:
-        p.grad = torch.randn(p.shape, device=device, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(device)
     for k, s in enumerate(singles):
         for p, g in zip(s.model.parameters(), stack.params):
             p.grad = g.grad[k].clone()
@@ -118,10 +118,18 @@ def main() -> int:
     args = ap.parse_args()
     device = resolve_device(args.device)
     prepare(args.data, progress=False)  # the embedded archive, once (a no-op when prepared)
-    failures = (check_dropout(device) + check_losses(device) + check_sgd(device) + check_epoch(device, args.data, "fp32")
-                + check_epoch(device, args.data, "bf16"))
-    print(f"device checks on {device}: {6 - failures} passed, {failures} failed")
+    failures = run_checks(device, args.data)
+    print(f"device checks on {device}: {CHECKS - failures} passed, {failures} failed")
     return failures
+
+
+CHECKS = 6  # report lines of run_checks
+
+
+def run_checks(device, data: Path) -> int:
+    """Every check on `device`; the number that failed."""
+    return (check_dropout(device) + check_losses(device) + check_sgd(device) + check_epoch(device, data, "fp32")
+            + check_epoch(device, data, "bf16"))
 
 
 if __name__ == "__main__":

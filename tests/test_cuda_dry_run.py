@@ -1,5 +1,5 @@
 """The CUDA path, run without a GPU: both training drivers, evaluation, resume, the grid's planner and
-estimate on fake tensors labelled cuda:0 (tests/fake_cuda/harness.py, in a subprocess), in fp32 and
+estimate, and bench/device_checks.py's checks (the GPU machine's first stage) on fake tensors labelled cuda:0 (tests/fake_cuda/harness.py, in a subprocess), in fp32 and
 bf16. Values are fake, so this checks devices, dtypes, shapes, layouts and the operations, not numbers;
 and it counts host synchronisations and blocking host-to-device copies per training step: a step
 after an epoch's first may have none. Planted faults show that the count and the device checks bite."""
@@ -52,7 +52,8 @@ def report(proc: subprocess.CompletedProcess) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario, statuses", [("single", ["done"]), ("single-bf16", ["done"]),
                                                 ("stacked", ["done"] * 3), ("stacked-bf16", ["done"] * 3),
-                                                ("resume", ["done", "done"]), ("planner", [1, 3, True, True])])
+                                                ("resume", ["done", "done"]), ("planner", [1, 3, True, True]),
+                                                ("device-checks", [0, True])])
 def test_cuda_path_runs_with_no_host_sync_in_a_step(fake_cuda, small_data, tmp_path, scenario, statuses):
     result = report(dry_run(fake_cuda, scenario, small_data, tmp_path))
     assert result["result"] == statuses

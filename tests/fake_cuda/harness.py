@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -210,7 +211,26 @@ def planner(data, out):
     return [len(groups), len(groups[0]), seconds > 0, bf16 > 0]
 
 
-SCENARIOS = {"single": single, "single-bf16": lambda d, o: single(d, o, "bf16"), "stacked": stacked,
+def device_checks(data, out):
+    """bench/device_checks.py's checks (the GPU machine's first stage) on the device. Fake tensors hold
+    no values, so every comparison is of devices and shapes and scores no error; the checks' own
+    operations (stacked and single models, losses, SGD steps, a short epoch of each driver) run."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "device_checks.py"
+    spec = importlib.util.spec_from_file_location("device_checks", path)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+
+    def compared(a, b) -> float:
+        assert a.device == b.device and a.shape == b.shape, (a.device, b.device, a.shape, b.shape)
+        return 0.0
+    checks.relative = compared
+    lines = []
+    checks.report = lambda name, error, tolerance: lines.append(name) or 0
+    failures = checks.run_checks(CUDA, Path(data.root))
+    return [failures, len(lines) == checks.CHECKS]
+
+
+SCENARIOS = {"single": single, "device-checks": device_checks, "single-bf16": lambda d, o: single(d, o, "bf16"), "stacked": stacked,
              "stacked-bf16": lambda d, o: stacked(d, o, "bf16"), "resume": resume, "planner": planner}
 
 
