@@ -83,3 +83,42 @@ def test_every_link_resolves_to_a_file(doc):
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_documents_name_no_session_or_issue(doc):
     assert re.findall(r"\b(?:[Ss]ession|[Ii]ssue)s? \d+", doc.read_text()) == []
+
+
+def reference_sections() -> dict[str, str]:
+    """docs/cli.md's section of each command: from its "## `alexnet-tiny COMMAND" heading to the next."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    parts = re.split(r"^## `alexnet-tiny (\w+)[^\n]*\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_the_command_line_reference_documents_every_command_and_flag():
+    sections = reference_sections()
+    assert sorted(sections) == sorted(subcommand_parsers())
+    for command, parser in subcommand_parsers().items():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert re.search(rf"{re.escape(flag)}\b", sections[command]), f"docs/cli.md: {command} {flag}"
+
+
+# Python blocks run as written, but on the small test dataset (prepared already) instead of the embedded one.
+ON_SMALL_DATA = {'prepare("data/tiny-image10")': "SMALL_DATA"}
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    return [(doc.relative_to(ROOT).as_posix(), block) for doc in DOCS
+            for block in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)]
+
+
+def test_the_api_page_has_python_to_run():
+    assert [doc for doc, _ in python_blocks()].count("docs/api.md") >= 1
+
+
+@pytest.mark.usefixtures("narrow_alexnet")
+@pytest.mark.parametrize("doc, block", python_blocks())
+def test_every_python_block_runs(doc, block, small_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for old, new in ON_SMALL_DATA.items():
+        block = block.replace(old, new)
+    exec(compile(block, doc, "exec"), {"SMALL_DATA": small_data})
