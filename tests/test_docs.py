@@ -80,9 +80,10 @@ def test_every_link_resolves_to_a_file(doc):
     assert missing == []
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_documents_name_no_session_or_issue(doc):
-    assert re.findall(r"\b(?:[Ss]ession|[Ii]ssue)s? \d+", doc.read_text()) == []
+@pytest.mark.parametrize("doc", [*DOCS, *sorted((ROOT / "src").rglob("*.py")), *sorted((ROOT / "grids").glob("*.toml"))],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_documents_and_code_name_no_session_or_issue(doc):
+    assert re.findall(r"\b(?:[Ss]ession|[Ii]ssue)s? \d+|\b[Tt]he issue\b|\b[Ii]ssue's", doc.read_text()) == []
 
 
 def reference_sections() -> dict[str, str]:
