@@ -3,6 +3,7 @@ after real SIGINT / SIGKILL of a real `python -m alexnet_tiny grid` process (loc
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import shutil
@@ -17,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from alexnet_tiny import cli, runlog
-from alexnet_tiny.config import PRESETS, TrainConfig
+from alexnet_tiny.config import HYPERPARAMETERS, PRESETS, TrainConfig
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.data import load_dataset
 from alexnet_tiny.grid import (estimate_seconds, expand, grid_scheduler, grid_trials, load_grid_toml,
@@ -39,8 +40,9 @@ batch_size = [32]
 epochs = [2]
 image_size = [64]
 """
-SMALL_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming",
-               "lr0.004_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming"]
+SMALL_NAMES = ["quick_lr1e+06_g0.5_s1_b32_e2", "quick_g0.5_s1_b32_e2"]
+LEGACY_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming",  # earlier versions'
+                "lr0.004_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming"]
 DIVERGING, TRAINED = SMALL_NAMES
 
 
@@ -63,22 +65,38 @@ def test_seed_preset_is_the_original_twelve_trials():
 
 
 def test_seed_grid_names_are_stable():
-    """Folder names are what a resume finds its trials by: written out here, so that a change shows."""
+    """Folder names are what a resume finds its trials by: written out here, so that a change shows.
+    A name is the nearest preset and what differs from it."""
     names = [t.name() for t in grid_trials("seed")[1]]
-    tail = "_s30_b12_e35_i150_wd0_seed{}_constant_pad_out200"
-    assert names[:3] == ["lr0.0001_m0.9_g0.1" + tail.format(0), "lr0.0001_m0.5_g0.1" + tail.format(0),
-                         "lr0.001_m0.9_g0.1" + tail.format(0)]
-    assert names[-1] == "lr0.005_m0.5_g0.01" + tail.format(1)
+    assert names[:4] == ["seed_lr0.0001", "seed_lr0.0001_m0.5", "seed", "seed_m0.5"]
+    assert names[-1] == "seed_lr0.005_m0.5_g0.01_seed1"
     assert len(set(names)) == 12
-    assert PRESETS["readme"].replace(lr=0.005).name() == "lr0.005_m0.9_g0.1_s7_b12_e35_i224_wd0_seed0"  # as before
+    assert [t.name() for t in grid_trials("quick")[1]] == ["quick", "quick_lr0.001", "quick_lr0.016"]
+    assert PRESETS["readme"].replace(lr=0.005).name() == "readme_lr0.005"
+    assert PRESETS["quick"].replace(nesterov=False, init="torch").name() == "quick_nesterov0_torch"
+
+
+def test_legacy_names_are_those_of_earlier_versions():
+    tail = "_s30_b12_e35_i150_wd0_seed{}_constant_pad_out200"
+    assert [t.legacy_name() for t in grid_trials("seed")[1]][:2] == ["lr0.0001_m0.9_g0.1" + tail.format(0),
+                                                                     "lr0.0001_m0.5_g0.1" + tail.format(0)]
+    assert PRESETS["readme"].replace(lr=0.005).legacy_name() == "lr0.005_m0.9_g0.1_s7_b12_e35_i224_wd0_seed0"
 
 
 def test_names_differ_in_every_hyperparameter():
-    base = TrainConfig()
-    changed = {"lr": 0.002, "momentum": 0.5, "gamma": 0.5, "step_size": 3, "batch_size": 16, "epochs": 2,
-               "image_size": 96, "weight_decay": 1e-4, "seed": 1}
-    names = {base.name(), *(base.replace(**{k: v}).name() for k, v in changed.items())}
-    assert len(names) == len(changed) + 1
+    """Any one field changed from any preset gives a name of its own."""
+    changed = {"lr": 0.0123, "momentum": 0.25, "gamma": 0.3, "step_size": 3, "batch_size": 16, "epochs": 2,
+               "image_size": 96, "weight_decay": 1e-4, "seed": 7, "nesterov": None, "schedule": None,
+               "warmup_epochs": 1, "label_smoothing": 0.05, "augment": None, "crop_scale": 0.5, "mixup": 0.3,
+               "init": None, "dropout": 0.3, "input": None, "outputs": 100}
+    assert set(changed) == set(HYPERPARAMETERS)
+    flipped = {"nesterov": lambda v: not v, "schedule": lambda v: "cosine" if v != "cosine" else "step",
+               "augment": lambda v: "rrc" if v == "crop" else "crop", "init": lambda v: "kaiming" if v == "torch" else "torch",
+               "input": lambda v: "pad" if v == "resize" else "resize"}
+    configs = {p.replace(**{k: flipped[k](getattr(p, k)) if k in flipped else v}) for p in PRESETS.values()
+               for k, v in changed.items()} | set(PRESETS.values())
+    assert len({c.name() for c in configs}) == len(configs)
+    assert len({c.legacy_name() for c in configs}) == len(configs)
 
 
 def test_repository_seed_toml_is_the_seed_preset():
@@ -213,7 +231,7 @@ def test_results_print_hyperparameters_exactly(tmp_path):
     write_results(tmp_path, rows)
     body = (tmp_path / "results.md").read_text().splitlines()[2:]
     lr_cells = [line.split(" | ")[1] for line in body]
-    assert lr_cells == ["1e-05", "5e-05", "0.0123456789"] and "lr1e-05_" in trials[0].name()
+    assert lr_cells == ["1e-05", "5e-05", "0.0123456789"] and trials[0].name() == "quick_lr1e-05"
     assert "| 0.1235 |" in body[0] and "0.0000" not in "".join(body)
 
 
@@ -364,6 +382,27 @@ def test_results_md_and_best_trial(reference):
         assert float(cells["lr"]) == float(row["lr"]) and cells["status"] == row["status"]
         if row["status"] == "done":
             assert cells["best_val_accuracy"] == f"{float(row['best_val_accuracy']):.4f}"
+
+
+@pytest.mark.slow
+def test_a_grid_of_an_earlier_version_resumes_in_its_folders(reference, small_data, tmp_path):
+    """Folders named as earlier versions named them (every core hyperparameter) are found: the
+    finished one is skipped, the unfinished one continues in its own folder, results name them."""
+    out = tmp_path / "old"
+    for name, legacy in zip(SMALL_NAMES, LEGACY_NAMES):
+        shutil.copytree(reference.out / name, out / legacy)
+    grid = json.loads((reference.out / "grid.json").read_text())
+    for t, legacy in zip(grid["trials"], LEGACY_NAMES):
+        t["name"] = legacy
+    (out / "grid.json").write_text(json.dumps(grid))
+    config = runlog.read_config(out / LEGACY_NAMES[1])
+    runlog.write_config(out / LEGACY_NAMES[1], {**config, "status": runlog.STATUS_RUNNING})  # as if cut short
+    logged = []
+    rows = run_grid(reference.trials, out, data=small_data, device="cpu", resume=True, progress=False,
+                    log=logged.append)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(LEGACY_NAMES)
+    assert [r["trial"] for r in rows] == LEGACY_NAMES and [r["status"] for r in rows] == ["diverged", "done"]
+    assert logged[0].startswith("grid: 2 trials (1 already finished)")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, runlog
 from .config import HYPERPARAMETERS, TYPES, preset
 from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
 from .asha import SCHEDULERS
@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
                 progress=not args.quiet, log=log, engine=args.engine, precision=args.precision)
-    out = args.out or f"runs/{config.name()}"
+    out = args.out or runlog.run_folder("runs", config)
     best, test = rec["best_val_accuracy"], rec["test_accuracy_at_best"]
     verdict = (f"best val {best:.3f} at epoch {rec['best_epoch']}, test {test:.3f}" if best is not None
                else "no epoch finished")

@@ -80,8 +80,19 @@ class TrainConfig:
         return cls(**coerce(d, where))
 
     def name(self) -> str:
-        """Stable folder name from the hyperparameters, e.g. lr0.001_m0.9_g0.1_s7_b12_e35_i224_wd0_seed0;
-        the recipe fields are appended only where they differ from their defaults."""
+        """A run folder's name a person can read: the nearest preset (fewest fields differ; the first
+        in PRESETS on a tie), then every field that differs from it, e.g. `quick`, `quick_lr0.001`,
+        `seed_lr0.0001_g0.01_seed1`. It names one configuration only; config.json holds all of it."""
+        base = min(PRESETS, key=lambda p: len(self.differences(PRESETS[p])))
+        return "_".join([base, *(f"{SHORT[k]}{_fmt(v)}" for k, v in self.differences(PRESETS[base]).items())])
+
+    def differences(self, other: "TrainConfig") -> dict:
+        """The fields whose value differs from `other`'s, in field order, with this config's values."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)}
+
+    def legacy_name(self) -> str:
+        """The run folder name of earlier versions (every core hyperparameter, then the other fields
+        that differ from their defaults): folders so named are still found and resumed."""
         parts = [f"{SHORT[f.name]}{_fmt(getattr(self, f.name))}" for f in fields(self)
                  if f.name in ALWAYS_NAMED or getattr(self, f.name) != f.default]
         return "_".join(parts)
@@ -91,7 +102,7 @@ SHORT = {"lr": "lr", "momentum": "m", "gamma": "g", "step_size": "s", "batch_siz
          "image_size": "i", "weight_decay": "wd", "seed": "seed", "nesterov": "nesterov", "schedule": "",
          "warmup_epochs": "wu", "label_smoothing": "ls", "augment": "", "crop_scale": "cs", "mixup": "mix", "init": "",
          "dropout": "do", "input": "", "outputs": "out"}
-ALWAYS_NAMED = ("lr", "momentum", "gamma", "step_size", "batch_size", "epochs", "image_size", "weight_decay", "seed")
+ALWAYS_NAMED = ("lr", "momentum", "gamma", "step_size", "batch_size", "epochs", "image_size", "weight_decay", "seed")  # legacy names
 # step: StepLR(step_size, gamma) stepped once per epoch; constant: the rate never moves (what the
 # study's code did: its StepLR was stepped with the loss as the epoch); cosine: warmup, then cosine to 0.
 SCHEDULES = ("step", "constant", "cosine")

@@ -197,7 +197,7 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, 
         key = (t.batch_size, t.image_size, t.input, len(group), precision)
         if key not in rates:
             rates[key] = measure_throughput(t, dataset, device, stack=len(group), precision=precision)
-        left = [max(0, planned.get(c.name(), c.epochs) - (runlog.epochs_done(out / c.name()) if out else 0))
+        left = [max(0, planned.get(c.name(), c.epochs) - (runlog.epochs_done(runlog.run_folder(out, c)) if out else 0))
                 for c in group]
         seconds = sum(left) * (n_train + n_eval / 3) / rates[key]
         save = 3 * 4 * count_parameters(AlexNet(head_size(t, dataset.num_classes))) / CHECKPOINT_BYTES_PER_SECOND
@@ -232,7 +232,7 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool, asha:
                             f"remove it to start the grid again") from None
         if not resume:
             raise UserError(f"{out}: grid folder already exists; add --resume to continue it or choose another --out")
-        if previous != names:
+        if previous != names and previous != [runlog.run_folder(out, t).name for t in trials]:
             raise UserError(f"{out}: holds a different grid; resume it with the same --preset/--config or choose another --out")
         scheduler = asha.to_dict() if asha else None
         if grid.get("scheduler") != scheduler:
@@ -244,7 +244,7 @@ def _check_grid_folder(out: Path, trials: list[TrainConfig], resume: bool, asha:
 
 def todo_trials(out: Path, trials: list[TrainConfig]) -> list[TrainConfig]:
     """The trials whose run folder does not say done or diverged."""
-    return [t for t in trials if (runlog.read_config(out / t.name()) or {}).get("status") not in runlog.FINISHED]
+    return [t for t in trials if (runlog.read_config(runlog.run_folder(out, t)) or {}).get("status") not in runlog.FINISHED]
 
 
 def plan_groups(todo: list[TrainConfig], out: Path, dataset: Dataset, dev: torch.device, engine: str,
@@ -252,13 +252,13 @@ def plan_groups(todo: list[TrainConfig], out: Path, dataset: Dataset, dev: torch
     """The order the local backend runs the trials in: stacks of the engine, or one trial at a time."""
     if engine != "stacked" or not todo:
         return [[t] for t in todo]
-    stacks = plan_stacks(todo, [out / t.name() for t in todo], dev, dataset.num_classes, max_stack)
+    stacks = plan_stacks(todo, [runlog.run_folder(out, t) for t in todo], dev, dataset.num_classes, max_stack)
     return [[todo[i] for i in s] for s in stacks]
 
 
 def planned_epochs(asha: Asha, trials: list[TrainConfig], out: Path | None) -> dict[str, int]:
     """Each trial's epochs if ASHA stops the planned share, knowing what the folders in `out` say."""
-    records = [(runlog.read_config(out / t.name()) or {}) if out else {} for t in trials]
+    records = [(runlog.read_config(runlog.run_folder(out, t)) or {}) if out else {} for t in trials]
     planned = asha.planned_epochs([t.epochs for t in trials], [r.get("epochs_done", 0) for r in records],
                                   [r.get("status") == runlog.STATUS_STOPPED for r in records])
     return dict(zip((t.name() for t in trials), planned))
@@ -292,7 +292,7 @@ def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[li
 
 def val_at(out: Path, trial: TrainConfig, epoch: int) -> float | None:
     """A trial's validation accuracy at `epoch`, from its metrics.jsonl (None if it did not get there)."""
-    return next((r["val_accuracy"] for r in runlog.epoch_rows(runlog.read_metrics(out / trial.name()))
+    return next((r["val_accuracy"] for r in runlog.epoch_rows(runlog.read_metrics(runlog.run_folder(out, trial)))
                  if r["epoch"] == epoch), None)
 
 
@@ -304,9 +304,9 @@ def judge_rung(asha: Asha, trials: list[TrainConfig], out: Path, rung: int, log)
         if value is None:
             continue
         reason = asha.judge(t.name(), rung, value)
-        rec = runlog.read_config(out / t.name())
+        rec = runlog.read_config(runlog.run_folder(out, t))
         if reason and rec["status"] == runlog.STATUS_RUNNING and rec["epochs_done"] == rung:
-            record_stop(out / t.name(), reason)
+            record_stop(runlog.run_folder(out, t), reason)
             log(f"{t.name()}: {reason}")
 
 
@@ -320,11 +320,11 @@ def run_local(trials: list[TrainConfig], out: Path, dataset: Dataset, dev, engin
     try:
         for until in (asha.rungs if asha else []) + [None]:
             todo = [t for t in todo_trials(out, trials) if t.name() not in failed
-                    and (until is None or runlog.epochs_done(out / t.name()) < until)]
+                    and (until is None or runlog.epochs_done(runlog.run_folder(out, t)) < until)]
             for group in plan_groups(todo, out, dataset, dev, engine, max_stack):
                 bar.n = len(trials) - len(todo_trials(out, trials))
                 bar.refresh()
-                records = run_trials(group, dataset, [out / c.name() for c in group], dev, progress, log=log,
+                records = run_trials(group, dataset, [runlog.run_folder(out, c) for c in group], dev, progress, log=log,
                                      engine=engine, precision=precision, until=until, budget=budget)
                 failed |= {c.name() for c, r in zip(group, records) if r["status"] == runlog.STATUS_FAILED}
                 write_results(out, collect_results(out, trials))
@@ -371,7 +371,8 @@ def _run_grid(trials, out, data, device, resume, backend, progress, log, ray_opt
     _check_grid_folder(out, trials, resume, asha)
     dataset = ensure_dataset(data, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / runlog.GRID_FILE, {"trials": [{"name": t.name(), "config": t.to_dict()} for t in trials],
+    write_json(out / runlog.GRID_FILE, {"trials": [{"name": runlog.run_folder(out, t).name, "config": t.to_dict()}
+                                                   for t in trials],
                                         "dataset": str(dataset.root), "scheduler": asha.to_dict() if asha else None})
     todo = todo_trials(out, trials)
     if backend == "ray":

@@ -61,7 +61,7 @@ def train_trial(tune_config: dict, data_root: str, out: str, device: str, thread
     a finished trial only replays."""
     torch.set_num_threads(threads)
     config = TrainConfig.from_dict(tune_config["trial"]["config"])
-    run = Path(out) / config.name()
+    run = runlog.run_folder(out, config)
     if replay:
         record = runlog.read_config(run) or {}
         for row in runlog.epoch_rows(runlog.read_metrics(run))[:record.get("epochs_done", 0)]:
@@ -94,7 +94,7 @@ class GridProgress(tune.Callback):
         self.out, self.total, self.progress, self.log = out, len(todo), progress, log
         self.asha = asha  # a copy of the rule Tune's ASHAScheduler applies, for the reason a trial stopped
         self.stops: dict[str, tuple[int, str]] = {}  # trial -> (epoch, reason) where the rule stops it
-        self.done_before = {t.name(): runlog.epochs_done(out / t.name()) for t in todo}
+        self.done_before = {t.name(): runlog.epochs_done(runlog.run_folder(out, t)) for t in todo}
         self.epochs_left = {t.name(): t.epochs - self.done_before[t.name()] for t in todo}
         self.finished, self.epochs_run, self.start = 0, 0, time.time()
         self.user_errors: list[str] = []  # "name: message" of UserErrors raised inside trials
@@ -277,7 +277,7 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
         t0 = time.time()
         tuner.fit()
         out_of_time = time_budget is not None and time.time() - t0 >= time_budget
-    statuses = [(runlog.read_config(out / t.name()) or {}).get("status", "no run folder") for t in todo]
+    statuses = [(runlog.read_config(runlog.run_folder(out, t)) or {}).get("status", "no run folder") for t in todo]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     log(f"ray: {len(todo)} trial{'s' * (len(todo) != 1)} in {time.time() - t0:.0f}s: {counts}")
     if progress_cb.user_errors:

@@ -37,7 +37,8 @@ def collect_results(out: Path, trials: list[TrainConfig]) -> list[dict]:
     """One row per trial of a grid folder, from each run folder's config.json."""
     rows = []
     for t in trials:
-        rows.append({"trial": t.name(), **t.to_dict(), **run_metrics(runlog.read_config(out / t.name()))})
+        run = runlog.run_folder(out, t)
+        rows.append({"trial": run.name, **t.to_dict(), **run_metrics(runlog.read_config(run))})
     return rows
 
 

@@ -31,6 +31,13 @@ FINISHED = (STATUS_DONE, STATUS_DIVERGED, STATUS_STOPPED)  # a resume skips thes
 SCORED = (STATUS_DONE, STATUS_STOPPED)  # finished with a validation score that counts for the best trial
 
 
+def run_folder(out: Path | str, config) -> Path:
+    """A trial's run folder in `out`: named by `config.name()`, or by its legacy name where an earlier
+    version made the folder (it resumes there)."""
+    path, legacy = Path(out) / config.name(), Path(out) / config.legacy_name()
+    return legacy if legacy.is_dir() and not path.exists() else path
+
+
 def read_config(run: Path) -> dict | None:
     path = Path(run) / CONFIG_FILE
     if not path.exists():

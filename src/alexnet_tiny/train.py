@@ -24,7 +24,7 @@ from .engine import resolve_engine, train_stack
 from .errors import UserError
 from .evaluate import evaluate
 from .model import initial_alexnet
-from .runlog import STATUS_RUNNING
+from .runlog import STATUS_RUNNING, run_folder
 from .runfolder import RunFolder, epoch_line, record_failure
 from .transforms import Preprocessing
 from .trial import UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_step
@@ -109,7 +109,7 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     check_precision(precision)
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
-    out = Path(out) if out is not None else Path("runs") / config.name()
+    out = Path(out) if out is not None else run_folder("runs", config)
     if resolve_engine(engine, dev, log) == "stacked":
         return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
                            callback=callback, precision=precision, until=until, budget=budget)[0]
