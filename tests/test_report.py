@@ -528,3 +528,35 @@ def test_report_out_that_is_a_runs_folder_is_refused(grid_dir):
     with pytest.raises(UserError, match="is a runs folder of the report"):
         write_report(grid_dir, out=grid_dir, progress=False, log=lambda m: None)
     assert (grid_dir / "results.csv").read_text() == before
+
+
+# ----------------------------------------------------------------------------- many classes
+
+def test_many_classes_make_figures_and_tables_a_person_can_read(tmp_path):
+    """At 200 classes (the full Tiny ImageNet): no figure past 4,000 px, the extremes and the most
+    confused pairs named, tables of pairs and sorted classes instead of a 200 x 200 grid."""
+    from alexnet_tiny import figures
+    from alexnet_tiny.report import _confusion_html, _per_class_html
+    k = 200
+    confusion = np.diag(np.random.default_rng(0).integers(5, 50, k))
+    confusion[3, 7], confusion[10, 2], confusion[150, 151] = 40, 30, 20  # the planted confusions
+    names = [f"class{i}" for i in range(k)]
+    accuracies = (confusion.diagonal() / confusion.sum(1)).tolist()
+    counts = confusion.sum(1).tolist()
+    drawn = [figures.per_class_accuracy(names, accuracies, counts, 0.5, "per class", tmp_path / "pc.png"),
+             figures.confusion_matrix(confusion, names, "confusion", tmp_path / "cm.png")]
+    for path in drawn:
+        with Image.open(path) as im:
+            assert max(im.size) <= 4000, (path.name, im.size)
+    assert figures.most_confused(confusion)[:3] == [(3, 7, 40), (10, 2, 30), (150, 151, 20)]
+    shown = figures.shown_classes(accuracies)
+    ranked = sorted(range(k), key=lambda i: accuracies[i])
+    assert shown == ranked[:15] + ranked[-15:]
+    ev = {"names": names, "test": {"confusion": confusion.tolist(), "per_class": [
+        {"name": n, "wnid": f"n{i:08d}", "accuracy": a, "images": c} for i, (n, a, c) in enumerate(zip(names, accuracies, counts))]}}
+    pairs = _confusion_html(ev)
+    assert 'id="confusion"' not in pairs and pairs.count("<tr>") == 1 + 3  # the header and the three pairs
+    assert re.search(r"<td class=\"l\">class3</td><td class=\"l\">class7</td><td>40</td>", pairs)
+    table = _per_class_html(ev)
+    listed = re.findall(r"<tr><td>(\d+)</td><td class=\"l\">(class\d+)</td>", table)
+    assert [name for _, name in listed] == [names[i] for i in ranked] and listed[0][0] == "1"

@@ -114,22 +114,39 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best:
     return _save(fig, path)
 
 
+MANY_CLASSES = 30  # above this, figures show the extremes and the structure, not every class by name
+SHOWN = 15  # classes named at each end of a many-class per-class chart; pairs listed beside its confusion
+
+
+def shown_classes(accuracies: list[float]) -> list[int]:
+    """Class indices ordered by accuracy, ascending: all of them, or for many classes the SHOWN worst
+    and the SHOWN best."""
+    order = [int(i) for i in np.argsort(accuracies, kind="stable")]
+    return order if len(order) <= MANY_CLASSES else order[:SHOWN] + order[-SHOWN:]
+
+
 def per_class_accuracy(names: list[str], accuracies: list[float], counts: list[int], overall: float,
                        title: str, path: Path) -> Path:
-    """Horizontal bars, best class on top, with the value and the number of test images."""
-    order = np.argsort(accuracies, kind="stable")  # ascending: barh draws bottom-up, so best ends on top
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(names)))
-    ys = np.arange(len(names))
+    """Horizontal bars, best class on top, with the value and the number of test images; for many
+    classes the SHOWN worst and SHOWN best, a dotted line between them."""
+    order = shown_classes(accuracies)  # ascending: barh draws bottom-up, so best ends on top
+    many = len(order) < len(names)
+    if many:
+        title += f"\nthe {SHOWN} worst and {SHOWN} best of {len(names)} classes"
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(order)))
+    ys = np.arange(len(order))
     values = [accuracies[i] for i in order]
     ax.barh(ys, values, color=plt.get_cmap("RdYlGn")(np.clip(values, 0, 1) * 0.8 + 0.1), edgecolor="#444")
     ax.set_yticks(ys, [names[i] for i in order], fontsize=10)
     for y, i in zip(ys, order):
         ax.text(min(accuracies[i], 1) + 0.01, y, f"{accuracies[i]:.0%}  ({counts[i]} images)", va="center", fontsize=9,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.85}, zorder=3)
+    if many:
+        ax.axhline(SHOWN - 0.5, color="#666", linestyle=":", linewidth=1.5)
     ax.axvline(overall, color="#333", linestyle="--", linewidth=1.2)
-    ax.text(overall + 0.01, len(names) - 0.45, f"overall {overall:.1%}", ha="left", va="bottom", fontsize=9)
+    ax.text(overall + 0.01, len(order) - 0.45, f"overall {overall:.1%}", ha="left", va="bottom", fontsize=9)
     ax.set_xlim(0, 1.25)
-    ax.set_ylim(-0.6, len(names) - 0.4 + 0.5)
+    ax.set_ylim(-0.6, len(order) - 0.4 + 0.5)
     ax.set_xticks(np.linspace(0, 1, 6), [f"{v:.0%}" for v in np.linspace(0, 1, 6)])
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("class")
@@ -138,11 +155,24 @@ def per_class_accuracy(names: list[str], accuracies: list[float], counts: list[i
     return _save(fig, path)
 
 
+def most_confused(confusion: np.ndarray, n: int = SHOWN) -> list[tuple[int, int, int]]:
+    """The n largest off-diagonal counts as (true, predicted, count), largest first (ties: row order)."""
+    confusion = np.asarray(confusion)
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:n]
+    return [(int(t), int(p), int(off[t, p])) for t, p in zip(*np.unravel_index(flat, off.shape)) if off[t, p]]
+
+
 def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: Path) -> Path:
-    """Counts annotated in each cell, coloured by the fraction of the true class (row)."""
+    """Counts annotated in each cell, coloured by the fraction of the true class (row). For many
+    classes: the matrix as a picture of its structure (no counts, no names), beside the most
+    confused pairs by name."""
     confusion = np.asarray(confusion)
     k = len(names)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    if k > MANY_CLASSES:
+        return _many_class_confusion(confusion, rates, names, title, path)
     size = max(5.5, 0.62 * k + 3)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -157,6 +187,23 @@ def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: 
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=12, fontweight="bold")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    return _save(fig, path)
+
+
+def _many_class_confusion(confusion: np.ndarray, rates: np.ndarray, names: list[str], title: str, path: Path) -> Path:
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(17, 9), gridspec_kw={"width_ratios": [1.1, 1]})
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel(f"predicted class (index, 0-{len(names) - 1})")
+    ax.set_ylabel("true class (index)")
+    ax.set_title(title, fontsize=12, fontweight="bold")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    side.axis("off")
+    pairs = most_confused(confusion)
+    lines = [f"{count:>4}  {textwrap.shorten(names[t], 28)} -> {textwrap.shorten(names[p], 28)}"
+             for t, p, count in pairs]
+    side.set_title(f"the {len(pairs)} most confused pairs (true -> predicted)", fontsize=11, loc="left")
+    side.text(0, 1, "\n".join(lines) or "no test image was confused", va="top", ha="left", family="monospace",
+              fontsize=10, transform=side.transAxes)
     return _save(fig, path)
 
 

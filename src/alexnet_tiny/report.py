@@ -477,18 +477,31 @@ def _configurations_html(groups: list[dict], made: dict) -> str:
 
 
 def _per_class_html(ev: dict | None) -> str:
+    """Every class's test accuracy; for many classes sorted from worst to best, with its rank."""
     if not ev:
         return ""
-    rows = "".join(f'<tr><td class="l">{html.escape(c["name"])}</td><td class="l">{html.escape(c["wnid"])}</td>'
-                   f'<td>{c["accuracy"]:.1%}</td><td>{c["images"]}</td></tr>' for c in ev["test"]["per_class"])
-    return ('<table id="per-class"><tr><th class="l">class</th><th class="l">wnid</th><th>test accuracy</th>'
-            f'<th>images</th></tr>{rows}</table>')
+    classes = ev["test"]["per_class"]
+    many = len(classes) > figures.MANY_CLASSES
+    order = sorted(range(len(classes)), key=lambda i: (classes[i]["accuracy"], i)) if many else range(len(classes))
+    rows = "".join(f'<tr>{f"<td>{rank}</td>" if many else ""}<td class="l">{html.escape(classes[i]["name"])}</td>'
+                   f'<td class="l">{html.escape(classes[i]["wnid"])}</td><td>{classes[i]["accuracy"]:.1%}</td>'
+                   f'<td>{classes[i]["images"]}</td></tr>' for rank, i in enumerate(order, 1))
+    sorted_note = "<p class=sub>Sorted from the worst class to the best.</p>" if many else ""
+    return (f'{sorted_note}<div class="scroll"><table id="per-class"><tr>{"<th>rank</th>" if many else ""}'
+            '<th class="l">class</th><th class="l">wnid</th><th>test accuracy</th>'
+            f'<th>images</th></tr>{rows}</table></div>')
 
 
 def _confusion_html(ev: dict | None) -> str:
+    """The confusion matrix as a table; for many classes, its most confused pairs instead."""
     if not ev:
         return ""
     names = ev["names"]
+    if len(names) > figures.MANY_CLASSES:
+        rows = "".join(f'<tr><td class="l">{html.escape(names[t])}</td><td class="l">{html.escape(names[p])}</td>'
+                       f"<td>{count}</td></tr>" for t, p, count in figures.most_confused(ev["test"]["confusion"], 50))
+        return ('<table id="confused-pairs"><tr><th class="l">true class</th><th class="l">predicted as</th>'
+                f"<th>test images</th></tr>{rows}</table>")
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     body = "".join(f'<tr><th class="l">{html.escape(names[t])}</th>' + "".join(
         f"<td{' class=diag' if t == p else ''}>{count}</td>" for p, count in enumerate(row)) + "</tr>"
