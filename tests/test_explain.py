@@ -37,6 +37,9 @@ def test_a_training_image_is_its_own_nearest_neighbour(checkpoint, small_data):
     assert torch.equal(indices[:, 0], queries)
     assert distances[:, 0].abs().max() < 1e-3 and (distances[:, 1] > distances[:, 0]).all()
     assert (distances.diff(dim=1) >= 0).all()  # nearest first
+    # a batch of features at a time with a running top-k (bounded memory): the same answer
+    batched = explain.nearest_images(model, features[queries], train_split.images, size, "cpu", 3, batch_size=16)
+    assert torch.equal(batched[1], indices) and torch.allclose(batched[0], distances, atol=1e-4)
 
     # the same features through a hook on FC2's ReLU in an ordinary forward pass
     captured = []
