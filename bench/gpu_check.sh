@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check and timing in one call, sized for the device machine's budget (one call of at most
-# 10 minutes: each stage has its own limit, 570 s in all, so a slow one cannot eat the rest; run it with
+# 10 minutes: each stage has its own limit, 580 s in all, so a slow one cannot eat the rest; run it with
 # the device tool's timeout_s=600).
 #
 #   PYTHONPATH=src bash bench/gpu_check.sh                      # on the GPU machine, from the repository root
@@ -25,12 +25,12 @@ if [ -n "${SMALL:-}" ]; then  # rehearsal: every stage, tiny
     SEED_GRID="--config $WORK/seed-small.toml"
     printf 'preset = "seed"\nlr = [0.005, 0.001]\nmomentum = [0.9]\nepochs = 1\nimage_size = 64\n' > "$WORK/seed-small.toml"
     RECIPE="--epochs 1 --warmup-epochs 0 --image-size 64 --batch-size 32"
-    T_GRID=600 T_RECIPE=300 T_CHECK=300
+    T_GRID=600 T_RECIPE=300 T_CHECK=300 SGD_STEPS=2
 else
     BENCH="--trials 2 --epochs 2 --steps 40 --warmup 5 --eval-images 200"
     SEED_GRID="--preset seed"
     RECIPE=""
-    T_GRID=${T_GRID:-120} T_RECIPE=${T_RECIPE:-60} T_CHECK=${T_CHECK:-90}
+    T_GRID=${T_GRID:-110} T_RECIPE=${T_RECIPE:-50} T_CHECK=${T_CHECK:-90}
 fi
 
 stage() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
@@ -64,6 +64,9 @@ timed 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 
 
 stage "3. speed: baseline vs 12 stacked trials (bf16 autocast)"
 timed 75 $PY bench/speed.py --device "$DEVICE" --data "$DATA" $BENCH --stack 12 --bf16
+
+stage "3b. the stacked SGD step: trials grouped into shared fused calls vs one call per trial and group"
+timed 30 $PY bench/sgd_step.py --device "$DEVICE" --steps ${SGD_STEPS:-30}
 
 stage "4. the seed grid (12 trials x 35 epochs, batch 12, 64 px padded to 150, 200 outputs), stacked engine, fp32"
 rm -rf "$WORK/seed"
