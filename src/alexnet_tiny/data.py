@@ -612,6 +612,8 @@ def atomic_torch_save(obj, path: Path | str) -> None:
                 torch.save(obj, f)
         except (OSError, RuntimeError) as e:
             cause = e if isinstance(e, OSError) else e.__context__
+            if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+                raise cause from None  # Ctrl-C during a write: still a KeyboardInterrupt
             if not isinstance(cause, OSError):
                 raise
             raise OSError(cause.errno, cause.strerror, str(path)) from None

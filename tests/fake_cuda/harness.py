@@ -127,15 +127,17 @@ def stand_ins() -> None:
         stream = iter(batches(*args, **kwargs))
         EVENTS.step = "start"
         EVENTS.epochs += 1
-        while True:
-            try:
-                item = next(stream)
-            except StopIteration:
-                break
-            yield item
-            EVENTS.steps += 1
-            EVENTS.step = EVENTS.steps
-        EVENTS.step = None
+        try:
+            while True:
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    break
+                yield item
+                EVENTS.steps += 1
+                EVENTS.step = EVENTS.steps
+        finally:  # also when the consumer stops early (the throughput probe's few steps)
+            EVENTS.step = None
     train_mod.epoch_batches = engine.epoch_batches = grid.epoch_batches = numbered_batches
 
 
