@@ -191,7 +191,7 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, 
     planned = planned or {}
     rates = {} if rates is None else rates
     n_train, n_eval = len(dataset.splits["train"]), len(dataset.splits["val"]) + len(dataset.splits["test"])
-    total = 0.0
+    total, sizes = 0.0, {}  # head size -> parameters (building an AlexNet to count them takes a while)
     for group in stacks:
         t = group[0]
         key = (t.batch_size, t.image_size, t.input, len(group), precision)
@@ -200,7 +200,10 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, 
         left = [max(0, planned.get(c.name(), c.epochs) - (runlog.epochs_done(runlog.run_folder(out, c)) if out else 0))
                 for c in group]
         seconds = sum(left) * (n_train + n_eval / 3) / rates[key]
-        save = 3 * 4 * count_parameters(AlexNet(head_size(t, dataset.num_classes))) / CHECKPOINT_BYTES_PER_SECOND
+        outputs = head_size(t, dataset.num_classes)
+        if outputs not in sizes:
+            sizes[outputs] = count_parameters(AlexNet(outputs))
+        save = 3 * 4 * sizes[outputs] / CHECKPOINT_BYTES_PER_SECOND
         if engine == "stacked":
             saves = sum(1 for n in left if n) * (1 + int(seconds // CHECKPOINT_SECONDS))
         else:
