@@ -20,8 +20,8 @@
 
 The table's results come from each run's config.json, as the grid's results.csv has them (the best
 epoch is the one whose weights best.pt holds); the curves from the event files (tags from
-runlog.TAGS), so they show what TensorBoard shows. The best trial's checkpoint is evaluated again on the test split (for
-per-class accuracy, confusion and samples) and on official-val, which no trial ever saw, each also
+runlog.TAGS), so they show what TensorBoard shows. The best trial's checkpoint is evaluated again on
+the test split (for per-class accuracy, confusion and samples) and on official-val, which no trial ever saw, each also
 with test-time flip averaging, reported beside the plain accuracy. Several folders (grids, runs) can
 be reported on together, to compare presets or ablations: trials that differ only in their seed are
 then summarised as one configuration (results.seed_groups).
