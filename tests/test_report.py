@@ -559,3 +559,17 @@ def test_many_classes_make_figures_and_tables_a_person_can_read(tmp_path):
     table = _per_class_html(ev)
     listed = re.findall(r"<tr><td>(\d+)</td><td class=\"l\">(class\d+)</td>", table)
     assert [name for _, name in listed] == [names[i] for i in ranked] and listed[0][0] == "1"
+
+
+def test_each_image_and_its_mirror_go_through_the_network_once(grid_dir, small_data):
+    """The report's plain and flip-averaged logits, from two forward passes of each image, not three."""
+    from alexnet_tiny.evaluate import SavedModel
+    name = json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"]
+    saved = SavedModel(grid_dir / name / "best.pt")
+    images = load_dataset(small_data, progress=False).splits["test"].images
+    seen = []
+    handle = saved.model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    plain, flipped = saved.logits_with_flip(images)
+    handle.remove()
+    assert sum(seen) == 2 * len(images)
+    assert torch.equal(plain, saved.logits(images)) and torch.equal(flipped, saved.logits(images, flip=True))

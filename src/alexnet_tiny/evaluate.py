@@ -50,21 +50,33 @@ def output_names(names: list[str], outputs: int) -> list[str]:
     return list(names) + [f"output {k} (no class)" for k in range(len(names), outputs)]
 
 
-@torch.no_grad()
 def predict_logits(model, images: torch.Tensor, prep: Preprocessing | int, device, batch_size: int = EVAL_BATCH_SIZE,
                    precision: str = "fp32", flip: bool = False) -> torch.Tensor:
     """Logits of uint8 images under the eval preset `prep` (a Preprocessing, or an image size for
     the default one), in float32; the forward pass runs under `precision`'s autocast. `flip`: the
     mean of the logits of the prepared batch and of its left-right mirror (as the image's mirror would
     give, except that the centre crop's whole-pixel offset moves it one pixel when the margin is odd)."""
+    plain, averaged = logits_with_flip(model, images, prep, device, batch_size, precision, flip)
+    return averaged if flip else plain
+
+
+@torch.no_grad()
+def logits_with_flip(model, images: torch.Tensor, prep: Preprocessing | int, device,
+                     batch_size: int = EVAL_BATCH_SIZE, precision: str = "fp32",
+                     flip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(plain logits, flip-averaged logits) as `predict_logits` gives them, from one forward pass of each
+    image and one of its mirror (the averaged ones are None without `flip`)."""
     model.eval()
-    outs = []
+    plain, averaged = [], []
     with autocast(device, precision):
         for i in range(0, len(images), batch_size):
             x = eval_batch(images[i:i + batch_size].to(device), prep)
             out = model(x).float()
-            outs.append((out + model(x.flip(3)).float()) / 2 if flip else out)
-    return torch.cat(outs) if outs else torch.zeros(0)
+            plain.append(out)
+            if flip:
+                averaged.append((out + model(x.flip(3)).float()) / 2)
+    cat = lambda outs: torch.cat(outs) if outs else torch.zeros(0)  # noqa: E731
+    return cat(plain), cat(averaged) if flip else None
 
 
 def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
@@ -137,6 +149,10 @@ class SavedModel:
 
     def logits(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
         return predict_logits(self.model, images, self.prep, self.device, precision=self.precision, flip=flip)
+
+    def logits_with_flip(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(plain, flip-averaged) logits from two forward passes of each image, not three."""
+        return logits_with_flip(self.model, images, self.prep, self.device, precision=self.precision)
 
     def evaluate(self, split: Split, num_classes: int, flip: bool = False) -> Evaluation:
         return evaluation(self.logits(split.images, flip), split.labels, num_classes)

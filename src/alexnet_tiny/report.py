@@ -252,26 +252,26 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
         return None
     saved, dataset = opened
     test_split = dataset.splits["test"]
-    test_logits = saved.logits(test_split.images)
+    test_logits, test_flipped = saved.logits_with_flip(test_split.images)  # each image and its mirror once
     test = evaluation(test_logits, test_split.labels, dataset.num_classes)
-    flip_accuracy = lambda split: saved.evaluate(split, dataset.num_classes, flip=True).accuracy  # noqa: E731
     result = {"checkpoint": str(path), "epoch": saved.ckpt.get("epoch"), "precision": saved.precision,
               "dataset": str(root), "names": dataset.names,
               "output_names": output_names(dataset.names, test_logits.shape[1]),
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
-                       "flip_accuracy": flip_accuracy(test_split),
+                       "flip_accuracy": evaluation(test_flipped, test_split.labels, dataset.num_classes).accuracy,
                        "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
               "official_val": None, "samples": []}
     official = dataset.splits[OFFICIAL_VAL]
     if len(official):
-        ev = saved.evaluate(official, dataset.num_classes)
+        logits, flipped = saved.logits_with_flip(official.images)
+        ev = evaluation(logits, official.labels, dataset.num_classes)
         result["official_val"] = {"images": len(official), "loss": ev.loss, "accuracy": ev.accuracy,
-                                  "flip_accuracy": flip_accuracy(official)}
+                                  "flip_accuracy": evaluation(flipped, official.labels, dataset.num_classes).accuracy}
     else:
         missing.append(f"dataset {root}: no {OFFICIAL_VAL} images (the source had no val/val_annotations.txt)")
     chosen = torch.randperm(len(test_split), generator=torch.Generator().manual_seed(seed))[:samples]
     if len(chosen):
-        predicted = saved.logits(test_split.images[chosen]).argmax(1).cpu()
+        predicted = test_logits[chosen.to(test_logits.device)].argmax(1).cpu()
         result["samples"] = [{"file": test_split.files[i], "true": int(test_split.labels[i]), "predicted": int(p)}
                              for i, p in zip(chosen.tolist(), predicted.tolist())]
         result["sample_images"] = test_split.images[chosen].numpy()
