@@ -13,6 +13,7 @@ to N x 3 x 64 x 64 uint8), building in a temporary folder that is renamed into p
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import io
 import itertools
@@ -605,15 +606,11 @@ def write_json(path: Path | str, obj) -> None:
 
 def atomic_torch_save(obj, path: Path | str) -> None:
     """torch.save, renamed into place. torch's zip writer reports a failed write (a full disk) as a
-    RuntimeError; written through a Python file, the OSError underneath is known and raised instead."""
+    RuntimeError without the system's error; it is raised as an OSError naming the file."""
     with atomic_path(path) as tmp:
         try:
-            with open(tmp, "wb") as f:
-                torch.save(obj, f)
-        except (OSError, RuntimeError) as e:
-            cause = e if isinstance(e, OSError) else e.__context__
-            if isinstance(cause, BaseException) and not isinstance(cause, Exception):
-                raise cause from None  # Ctrl-C during a write: still a KeyboardInterrupt
-            if not isinstance(cause, OSError):
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            if "inline_container" not in str(e) and "file write failed" not in str(e):
                 raise
-            raise OSError(cause.errno, cause.strerror, str(path)) from None
+            raise OSError(errno.EIO, "could not be written (is the disk full?)", str(path)) from None
