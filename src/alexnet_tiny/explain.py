@@ -74,15 +74,14 @@ def nearest_images(model: AlexNet, queries: torch.Tensor, images: torch.Tensor, 
     """`nearest(queries, fc2_features(model, images, ...), k)`, exactly, with `images`' features made a
     batch at a time and a running top-k: memory for one batch of features, not for all of them (the
     80,000 training images of Tiny ImageNet-200 have 1.3 GB of them)."""
-    best_d = torch.zeros(len(queries), 0, dtype=torch.float64)
+    best_d = torch.zeros(len(queries), 0)
     best_i = torch.zeros(len(queries), 0, dtype=torch.int64)
     for start in range(0, len(images), batch_size):
-        keys = fc2_features(model, images[start:start + batch_size], prep, device, batch_size)
-        d = torch.cat([best_d, torch.cdist(queries.double(), keys.double())], 1)
-        i = torch.cat([best_i, torch.arange(start, start + len(keys)).expand(len(queries), -1)], 1)
+        d, i = nearest(queries, fc2_features(model, images[start:start + batch_size], prep, device, batch_size), k)
+        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i + start], 1)  # this batch's k nearest, and the best so far
         kept = d.topk(min(k, d.shape[1]), dim=1, largest=False)
         best_d, best_i = kept.values, i.gather(1, kept.indices)
-    return best_d.float(), best_i
+    return best_d, best_i
 
 
 def last_conv_activation(model: nn.Module) -> nn.Module:
