@@ -1,15 +1,25 @@
 """bench/speed.py runs end to end (real subprocess, real data, both pipelines) and ends with the
-speedup line; what it measures is not checked here (timing never lives in the tests)."""
+speedup line; bench/scale.py builds a 200-class archive in the official layout and runs every command
+on it (at a reduced size); what they measure is not checked here (timing never lives in the tests)."""
 from __future__ import annotations
 
+import io
+import json
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-SPEED = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+from conftest import NARROW_ENV
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SPEED, SCALE = BENCH / "speed.py", BENCH / "scale.py"
 
 
 def run_speed(*args) -> subprocess.CompletedProcess:
@@ -48,3 +58,45 @@ def test_too_many_steps_are_refused(small_data):
 def test_bad_flags_are_refused():
     proc = run_speed("--steps", 0)
     assert proc.returncode == 2 and "--steps 0" in proc.stderr
+
+
+def decoded(z: zipfile.ZipFile, name: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(z.read(name))).convert("RGB")).astype(int)
+
+
+@pytest.mark.slow
+def test_every_command_at_200_classes(tmp_path):
+    """The full Tiny ImageNet's class count at a reduced size (4 images a class: one val, one test,
+    two train; one official-val): an archive in the official layout whose classes differ, then
+    prepare, train, a grid on each backend, evaluate, report and predict, each a real process."""
+    work = tmp_path / "scale"
+    proc = subprocess.run([sys.executable, str(SCALE), "--classes", "200", "--train-images", "2", "--held-out", "1",
+                           "--val-images", "1", "--work", str(work), "--json", str(work / "rows.json")],
+                          capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, **NARROW_ENV, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(r"scale: 7 commands, 0 failed, highest peak \d+ MB", proc.stdout.strip().splitlines()[-1])
+    rows = json.loads((work / "rows.json").read_text())
+    assert [r["command"] for r in rows] == ["prepare", "train", "grid-local", "grid-ray", "evaluate", "report", "predict"]
+    assert all(r["rc"] == 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+
+    with zipfile.ZipFile(work / "tiny-imagenet-200-4.zip") as z:
+        wnids = z.read("tiny-imagenet-200/wnids.txt").decode().split()
+        assert len(wnids) == len(set(wnids)) == 200
+        first, eleventh = wnids[0], wnids[10]  # the same base class, the next transform
+        assert {n.rsplit("/", 1)[1] for n in z.namelist() if f"train/{first}/images/" in n} == {
+            f"{first}_{n}.JPEG" for n in (0, 50, 100, 101)}
+        a, b = (decoded(z, f"tiny-imagenet-200/train/{w}/images/{w}_100.JPEG") for w in (first, eleventh))
+        assert np.abs(a - b).mean() > 10  # a class of its own, not a copy
+        assert len(z.read("tiny-imagenet-200/val/val_annotations.txt").decode().split("\n")) == 201
+
+    meta = json.loads((work / "data-200" / "dataset.json").read_text())
+    assert len(meta["wnids"]) == 200
+    report = json.loads((work / "runs-200" / "report" / "report.json").read_text())
+    assert report["evaluation"]["classes"] == 200 and len(report["evaluation"]["test"]["per_class"]) == 200
+    public = report["public_tiny_imagenet"]
+    assert public["ours"]["test"] == report["evaluation"]["test"]["accuracy"] and len(public["rows"]) >= 3
+    assert 'id="public-tiny-imagenet"' in (work / "runs-200" / "report" / "index.html").read_text()
+    for png in (work / "runs-200" / "report").glob("*.png"):
+        assert max(Image.open(png).size) <= 4200, png.name  # figures a person can read at 200 classes
+    assert (work / "runs-200" / "grid-ray" / "results.csv").exists() and (work / "runs-200" / "cam.png").exists()

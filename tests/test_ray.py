@@ -4,6 +4,7 @@ same results, the same run folders, the same TensorBoard scalars. Two Ray starts
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import signal
 import shutil
@@ -169,15 +170,16 @@ image_size = [64]
 
 @pytest.mark.slow
 def test_asha_stops_the_same_trials_on_both_backends(small_data, tmp_path):
-    """The same grid with --scheduler asha, one thread a trial: Ray Tune's own ASHAScheduler and the
-    local backend's rule stop the same trials at the same epochs, and the trials they keep train
-    the same epochs with the same results."""
+    """The same grid with --scheduler asha, one thread a trial, one trial at a time on Ray: Ray's
+    scheduler and the local backend's rule stop the same trials at the same epochs, and the trials
+    they keep train the same epochs with the same results."""
     pytest.importorskip("ray")
     toml = tmp_path / "asha.toml"
     toml.write_text(ASHA_TOML)
     outs = {backend: tmp_path / backend for backend in ("ray", "local")}
     for backend, out in outs.items():
-        run_cli(*grid_args(toml, small_data, out, "--scheduler", "asha", "--backend", backend, "--cpus-per-trial", "1"),
+        one_at_a_time = ["--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "1"] if backend == "ray" else []
+        run_cli(*grid_args(toml, small_data, out, "--scheduler", "asha", *one_at_a_time),
                 env=ENV, check=True, timeout=1500)  # Ray starts an actor per trial: minutes on a busy 2-core CPU
     ray_rows, local_rows = read_csv(outs["ray"] / RESULTS_CSV), read_csv(outs["local"] / RESULTS_CSV)
     assert "stopped" in [r["status"] for r in local_rows], "this grid is built so that ASHA stops a trial"
@@ -185,3 +187,79 @@ def test_asha_stops_the_same_trials_on_both_backends(small_data, tmp_path):
     for row in local_rows:
         ray_metrics, local_metrics = (runlog.read_metrics(out / row["trial"]) for out in outs.values())
         assert [without(r, TIMING_KEYS) for r in ray_metrics] == [without(r, TIMING_KEYS) for r in local_metrics]
+
+
+PARALLEL_LRS = [0.01, 1e-7, 0.02, 2e-7]  # two that learn, two that stay at chance: ASHA stops some
+
+
+def epoch_spans(run: Path) -> list[tuple[float, float]]:
+    """(start, end) wall times of a run's epochs, from its TensorBoard files: the train/loss event of
+    each epoch is written as it ends, and time/epoch_seconds says how long it took."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    seconds = {e.step: e.value for e in acc.Scalars(runlog.TAGS["epoch_seconds"])}
+    return [(e.wall_time - seconds[e.step], e.wall_time) for e in acc.Scalars(runlog.TAGS["train_loss"])]
+
+
+@pytest.mark.slow
+def test_parallel_asha_grid_overlaps_records_its_decisions_and_resumes_after_kill(small_data, tmp_path):
+    """ASHA on Ray, two trials at a time (4 trials, rungs at epochs 1 and 2): killed (SIGKILL to the
+    whole process group, the local Ray instance included) once a trial has finished, then --resume.
+    Trials ran side by side; every decision is in asha.jsonl once, in the order taken, and the run
+    folders agree with it; nothing finished or saved before the kill is trained again."""
+    pytest.importorskip("ray")
+    toml = tmp_path / "four.toml"
+    toml.write_text(f'preset = "readme"\nlr = {PARALLEL_LRS}\nmomentum = 0.9\ngamma = 0.5\nstep_size = 1\n'
+                    f'batch_size = 32\nepochs = 3\nimage_size = 64\n')
+    names = [FAST.replace(lr=lr, epochs=3).name() for lr in PARALLEL_LRS]
+    out = tmp_path / "grid"
+    args = grid_args(toml, small_data, out, "--backend", "ray", "--cpus-per-trial", "1", "--max-concurrent", "2",
+                     "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *map(str, args)], env={**os.environ, **NARROW},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline and not any(
+                (runlog.read_config(out / n) or {}).get("status") in runlog.FINISHED for n in names):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)  # Ray's own processes notice their driver is gone
+    before = {n: (runlog.read_config(out / n), runlog.read_metrics(out / n)) for n in names}
+    decisions_before = runlog.read_jsonl(out / runlog.DECISIONS_FILE)
+    finished_before = [n for n in names if (before[n][0] or {}).get("status") in runlog.FINISHED]
+    assert finished_before, "killed after a trial finished"
+
+    resumed = run_cli(*args, "--resume", env=NARROW, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    decisions = runlog.read_jsonl(out / runlog.DECISIONS_FILE)
+    assert decisions[:len(decisions_before)] == decisions_before  # appended to, never rewritten
+    judged = [(d["trial"], d["epoch"]) for d in decisions]
+    assert len(judged) == len(set(judged)), "a trial judged twice at a rung"
+    rows = {r["trial"]: r for r in read_csv(out / RESULTS_CSV)}
+    for n in names:
+        rec = runlog.read_config(out / n)
+        assert rec["status"] in ("done", "stopped"), (n, rec["status"])
+        mine = {d["epoch"]: d for d in decisions if d["trial"] == n}
+        # a rung the trial reached has one decision; it stopped exactly where one said stop
+        assert set(mine) == {r for r in (1, 2) if r <= rec["epochs_done"]}, (n, mine, rec["epochs_done"])
+        stops = [e for e, d in mine.items() if d["decision"] == "stop"]
+        assert stops == ([rec["epochs_done"]] if rec["status"] == "stopped" else []), (n, mine)
+        if stops:
+            assert rec["reason"] == mine[stops[0]]["reason"] and rows[n]["status"] == "stopped"
+        epochs = [r["epoch"] for r in runlog.epoch_rows(runlog.read_metrics(out / n))]
+        assert epochs == list(range(1, rec["epochs_done"] + 1))  # no epoch lost or trained twice
+        saved = (before[n][0] or {}).get("epochs_done", 0)
+        assert runlog.epoch_rows(runlog.read_metrics(out / n))[:saved] == runlog.epoch_rows(before[n][1])[:saved]
+    for n in finished_before:  # not run again: its record untouched, no Tune trial of it after the kill
+        assert runlog.read_config(out / n) == before[n][0]
+    resumed_trials = {p.name for p in max((out / ".ray_results").iterdir()).iterdir() if p.is_dir()}
+    assert not resumed_trials & set(finished_before), "a finished trial was started again"
+    spans = {n: epoch_spans(out / n) for n in names}
+    overlapping = [(a, b) for a, b in itertools.combinations(names, 2)
+                   if any(s1 < e2 and s2 < e1 for s1, e1 in spans[a] for s2, e2 in spans[b])]
+    assert overlapping, f"no two trials trained at the same time: {spans}"

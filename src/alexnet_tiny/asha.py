@@ -5,10 +5,13 @@ Rungs sit at epochs grace_period * reduction_factor**k below the grid's longest 
 finishes the epoch of a rung, its validation accuracy there is compared with those recorded at that
 rung before it: below the (1 - 1/reduction_factor) quantile of them (numpy's linear interpolation,
 as Tune computes it) the trial stops; either way its value is recorded. The first trial at a rung
-always goes on. Decisions depend on the order trials reach a rung. Both backends judge in grid order:
-the local one trains every live trial to the next rung, then judges them in grid order; the Ray
-backend, with `asha`, runs one trial at a time in grid order (and a resumed grid replays each
-trial's recorded epochs to Tune first), so the two stop the same trials.
+always goes on. Decisions depend on the order trials reach a rung. The local backend trains every
+live trial to the next rung, then judges them in grid order. The Ray backend judges each result as
+it arrives (ray_backend.AshaScheduler) and appends every decision to the grid folder's asha.jsonl:
+with one trial at a time (--max-concurrent 1) that is grid order, and it stops the trials the local
+backend stops; with trials side by side, the order they report in decides, so two runs of one grid
+may stop different trials (no seed fixes that). A resumed Ray grid restores the recorded decisions
+in their order, so no trial is judged twice at a rung.
 """
 from __future__ import annotations
 
@@ -55,11 +58,15 @@ class Asha:
         if name in self.recorded[rung]:
             raise ValueError(f"asha: {name} was already judged at epoch {rung}")
         cutoff = self.cutoff(rung)
-        self.recorded[rung][name] = val_accuracy
+        self.record(name, rung, val_accuracy)
         if cutoff is not None and val_accuracy < cutoff:
             return (f"stopped by ASHA at epoch {rung}: val {val_accuracy:.3f} below the cutoff {cutoff:.3f} "
                     f"of {len(self.recorded[rung]) - 1} trial(s) there before it")
         return None
+
+    def record(self, name: str, rung: int, val_accuracy: float) -> None:
+        """Count `name`'s value at `rung` for the cutoffs of those judged after it (a decision taken before)."""
+        self.recorded[rung][name] = val_accuracy
 
     def planned_epochs(self, epochs: list[int], done: list[int] | None = None,
                        stopped: list[bool] | None = None) -> list[int]:

@@ -130,7 +130,11 @@ def cmd_grid(args) -> int:
     name, trials = grid_trials(args.preset, args.config)
     out = Path(args.out or f"runs/{name}")
     t0 = time.time()
-    ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+    if args.max_concurrent is not None and args.backend != "ray":
+        raise UserError(f"--max-concurrent {args.max_concurrent}: only with --backend ray (the local backend runs "
+                        f"one trial, or one stack of trials (--max-stack), at a time)")
+    ray_options = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+                   "max_concurrent": args.max_concurrent}
     scheduler = grid_scheduler(None if args.config else name, args.scheduler, args.grace_period, args.reduction_factor)
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
@@ -237,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="Ray: at most N trials at once (default: as many as the cluster's CPUs and GPUs hold). With "
+                        "--scheduler asha and more than one at a time, which trials ASHA stops depends on which "
+                        "report first, so two runs of a grid may stop different ones (no seed fixes that); every "
+                        "decision is recorded in asha.jsonl and --resume continues from them. 1 judges in grid "
+                        "order and stops what the local backend stops")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_grid)
 

@@ -293,17 +293,11 @@ def announce(trials: list[TrainConfig], todo: list[TrainConfig], groups: list[li
         log(f"stacked engine: {len(todo)} trials in {len(groups)} stack(s) of {', '.join(str(len(g)) for g in groups)}")
 
 
-def val_at(out: Path, trial: TrainConfig, epoch: int) -> float | None:
-    """A trial's validation accuracy at `epoch`, from its metrics.jsonl (None if it did not get there)."""
-    return next((r["val_accuracy"] for r in runlog.epoch_rows(runlog.read_metrics(runlog.run_folder(out, trial)))
-                 if r["epoch"] == epoch), None)
-
-
 def judge_rung(asha: Asha, trials: list[TrainConfig], out: Path, rung: int, log) -> None:
     """ASHA's decision at `rung` for every trial that reached it, in grid order; a trial still
     running there is marked stopped (one already stopped there, on a resume, stays so)."""
     for t in trials:
-        value = val_at(out, t, rung)
+        value = runlog.val_accuracy_at(runlog.run_folder(out, t), rung)
         if value is None:
             continue
         reason = asha.judge(t.name(), rung, value)

@@ -1,4 +1,5 @@
-"""The original study's published table beside ours, for trials of the `seed` preset.
+"""Published results beside ours: the original study's table for trials of the `seed` preset, and
+public results of AlexNet-style networks trained from scratch on the full Tiny ImageNet (200 classes).
 
 The authors' results.csv ships as assets/published_seed.json (its source named there): each of their
 12 trials' final train, validation and test accuracy after epoch 35. `compare` matches our trials of
@@ -104,3 +105,29 @@ def format_markdown(comparison: dict) -> str:
         best = f"{pct(r['best'].get('val'))} / {pct(r['best'].get('test'))} ({r['best'].get('epoch')})"
         lines.append(f"| {r['lr']} | {r['momentum']} | {r['gamma']} | {pub} | {final} | {diff} | {best} |")
     return "\n".join(lines) + "\n"
+
+
+# Public results of AlexNet-style networks trained from scratch on the full Tiny ImageNet (200 classes),
+# set beside a 200-class run's best checkpoint. Protocols differ (epochs, input size, augmentation,
+# evaluation split; the challenge's test labels were never public), so they are a range, not a target.
+TINY_IMAGENET_200 = [
+    {"source": "L. Yao and J. Miller, Tiny ImageNet Classification with Convolutional Neural Networks "
+               "(Stanford CS231n project report, 2015)",
+     "model": "best single model: 5 conv, 3 max-pool, 3 fully connected layers, dropout and weight decay",
+     "split": "challenge test set (10,000 images)", "top1": 0.418},
+    {"source": "L. Hansen, Tiny ImageNet Challenge Submission (Stanford CS231n project report)",
+     "model": "AlexNet with parametric ReLUs", "split": "validation set (preliminary)", "top1": 0.45},
+    {"source": "Training AlexNet from Scratch (aandyw.github.io/blog/2024/alexnet, 2024)",
+     "model": "AlexNet with LRN, SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 128, about 30 epochs",
+     "split": "test split", "top1": 0.3175},
+]
+TINY_IMAGENET_CLASSES = 200
+
+
+def tiny_imagenet_200(classes: int, official_val: float | None, test: float | None) -> dict | None:
+    """A 200-class run's accuracies beside TINY_IMAGENET_200 (None at other class counts)."""
+    if classes != TINY_IMAGENET_CLASSES:
+        return None
+    tops = [r["top1"] for r in TINY_IMAGENET_200]
+    return {"rows": TINY_IMAGENET_200, "range": (min(tops), max(tops)),
+            "ours": {"official_val": official_val, "test": test}}

@@ -34,6 +34,8 @@ try:
     import ray
     from ray import cloudpickle, tune
     from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.stopper import TimeoutStopper
 except ImportError as e:
     raise UserError(f"--backend ray needs Ray Tune ({e}); install it with: {INSTALL_HINT}") from None
 
@@ -54,25 +56,17 @@ TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HAND
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def train_trial(tune_config: dict, data_root: str, out: str, device: str, threads: int, replay: bool = False) -> None:
-    """The Tune function trainable: one grid trial into out/<name>, each epoch's metrics reported to Tune.
-    With `replay` (a scheduler that judges trials by their history), the epochs the run folder already
-    holds are reported first, so that a resumed grid's scheduler sees what an uninterrupted one saw;
-    a finished trial only replays."""
+def train_trial(tune_config: dict, data_root: str, out: str, device: str, threads: int) -> None:
+    """The Tune function trainable: one grid trial into out/<name>, each epoch's metrics reported to Tune."""
     torch.set_num_threads(threads)
     config = TrainConfig.from_dict(tune_config["trial"]["config"])
     run = runlog.run_folder(out, config)
-    if replay:
-        record = runlog.read_config(run) or {}
-        for row in runlog.epoch_rows(runlog.read_metrics(run))[:record.get("epochs_done", 0)]:
-            tune.report(row)
-        if record.get("status") in runlog.FINISHED:
-            return
-    # load_dataset, not ensure_dataset: a worker that cannot see the data folder must fail, not prepare another
+    # load_dataset, not ensure_dataset: a worker that cannot see the data folder must fail, not prepare
+    # another. The decoded cache is memory-mapped: the trials on one node share its pages.
     dataset = load_dataset(data_root, progress=False)
     # Tune reports synchronously: a trial its scheduler stops ends inside tune.report (the epoch it
-    # reports is saved by then). The last epoch is reported once the run folder says done, since
-    # ASHA stops every trial at its last epoch.
+    # reports is saved by then). The last epoch is reported once the run folder says done, so that a
+    # decision at a trial's last epoch finds it done.
     last = []
     run_trials([config], dataset, [run], device, progress=False, log=print,
                callback=lambda row: last.append(row) if row["epoch"] == config.epochs else tune.report(row))
@@ -85,15 +79,91 @@ def trial_name(trial) -> str:
     return trial.config["trial"]["name"]
 
 
+class AshaScheduler(FIFOScheduler):
+    """asha.Asha as a Tune scheduler: each rung's result judged as it arrives, in the order trials
+    report it, and the decision appended to the grid folder's asha.jsonl before Tune acts on it (a
+    resumed grid restores them: `restore_decisions`). The trials it stops: `stops`."""
+
+    _supports_buffered_results = False  # every result is judged as it comes, none batched
+
+    def __init__(self, asha: Asha, out: Path):
+        super().__init__()
+        self.asha, self.out = asha, out
+        self.stops: dict[str, tuple[int, str]] = {}  # trial -> (epoch, reason)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        name, epoch = trial_name(trial), result.get("epoch")
+        if epoch in self.asha.rungs and name not in self.asha.recorded[epoch]:
+            reason = self.asha.judge(name, epoch, result["val_accuracy"])
+            record_decision(self.out, name, epoch, result["val_accuracy"], reason)
+            if reason:
+                self.stops[name] = (epoch, reason)
+                return self.STOP
+        return self.CONTINUE
+
+
+def record_decision(out: Path, name: str, epoch: int, val_accuracy: float, reason: str | None) -> None:
+    runlog.append_jsonl(out / runlog.DECISIONS_FILE, {
+        "trial": name, "epoch": epoch, "val_accuracy": val_accuracy, "decision": "stop" if reason else "continue",
+        "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def restore_decisions(asha: Asha, trials: list[TrainConfig], out: Path, log) -> None:
+    """A resumed grid's ASHA state: the decisions asha.jsonl recorded, in their order; then, in grid
+    order, those a kill kept from it (a rung a run folder reached without a recorded decision: judged
+    now if the trial is still there, counted as gone on if it trained past it). A trial a recorded
+    decision stopped is marked stopped if its run folder does not say so yet. Nothing is judged twice."""
+    runs = {t.name(): runlog.run_folder(out, t) for t in trials}
+    for row in runlog.read_jsonl(out / runlog.DECISIONS_FILE):
+        name, epoch = row["trial"], row["epoch"]
+        if name in runs and epoch in asha.recorded and name not in asha.recorded[epoch]:
+            asha.record(name, epoch, row["val_accuracy"])
+            if row["decision"] == "stop":
+                stop_if_there(runs[name], epoch, row["reason"], log)
+    for name, run in runs.items():
+        done = runlog.epochs_done(run)
+        for rung in asha.rungs:
+            value = runlog.val_accuracy_at(run, rung) if rung <= done and name not in asha.recorded[rung] else None
+            if value is None:
+                continue
+            if rung < done:  # it trained past the rung before the kill: it went on there
+                asha.record(name, rung, value)
+                reason = None
+            else:
+                reason = asha.judge(name, rung, value)
+            record_decision(out, name, rung, value, reason)
+            if reason:
+                stop_if_there(run, rung, reason, log)
+
+
+def stop_if_there(run: Path, epoch: int, reason: str, log) -> None:
+    """Mark a run stopped at `epoch` if it is still running there."""
+    rec = runlog.read_config(run) or {}
+    if rec.get("status") == runlog.STATUS_RUNNING and rec.get("epochs_done") == epoch:
+        record_stop(run, reason)
+        log(f"{run.name}: {reason}")
+
+
+class BudgetStopper(TimeoutStopper):
+    """Tune's own time-budget stopper (what time_budget_s builds), remembering whether it stopped the run."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.fired = False
+
+    def stop_all(self) -> bool:
+        self.fired = self.fired or super().stop_all()
+        return self.fired
+
+
 class GridProgress(tune.Callback):
     """Driver-side progress: one line per epoch result (when `progress`), one per finished trial with
     the time left, from the epochs still to run and the rate at which this run has run them so far
     (all trials together, so it counts the trials running side by side)."""
 
-    def __init__(self, out: Path, todo: list[TrainConfig], progress: bool, log, asha: Asha | None = None):
+    def __init__(self, out: Path, todo: list[TrainConfig], progress: bool, log, stops: dict | None = None):
         self.out, self.total, self.progress, self.log = out, len(todo), progress, log
-        self.asha = asha  # a copy of the rule Tune's ASHAScheduler applies, for the reason a trial stopped
-        self.stops: dict[str, tuple[int, str]] = {}  # trial -> (epoch, reason) where the rule stops it
+        self.stops = {} if stops is None else stops  # trial -> (epoch, reason) where the scheduler stopped it
         self.done_before = {t.name(): runlog.epochs_done(runlog.run_folder(out, t)) for t in todo}
         self.epochs_left = {t.name(): t.epochs - self.done_before[t.name()] for t in todo}
         self.finished, self.epochs_run, self.start = 0, 0, time.time()
@@ -102,12 +172,6 @@ class GridProgress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epochs = trial.config["trial"]["config"]["epochs"]
-        if self.asha is not None and result["epoch"] in self.asha.rungs:
-            reason = self.asha.judge(trial_name(trial), result["epoch"], result["val_accuracy"])
-            if reason:
-                self.stops[trial_name(trial)] = (result["epoch"], reason)
-        if result["epoch"] <= self.done_before[trial_name(trial)]:
-            return  # an epoch replayed from the run folder (asha on a resumed grid)
         self.epochs_left[trial_name(trial)] = epochs - result["epoch"]
         self.epochs_run += 1
         if self.progress:
@@ -236,47 +300,48 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
                       cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True,
                       log=print, asha: Asha | None = None, trials: list[TrainConfig] | None = None,
                       time_budget: float | None = None, max_concurrent: int | None = None) -> bool:
-    """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out`.
+    """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out`, at most
+    `max_concurrent` at a time (None: as many as the cluster's resources hold).
     Trial outcomes are in the run folders (as with the local backend); a trial whose worker died is
     recorded as failed; a UserError inside trials (e.g. a data folder a node cannot see) is raised here.
 
-    With `asha`, Tune's own ASHAScheduler stops trials, and every trial of the grid (`trials`) runs,
-    one at a time in grid order unless `max_concurrent` says otherwise: the finished ones only
-    replay their epochs to it, so a resumed grid is judged as an uninterrupted one (asha.py).
-    time_budget: Tune's time_budget_s (the trials left running continue on --resume).
-    Returns True when the time budget ended the run."""
+    With `asha` (ASHA over the grid's `trials`), AshaScheduler judges results as they arrive and
+    records its decisions in asha.jsonl; a resumed grid restores them first (restore_decisions).
+    One trial at a time runs them in grid order and stops what the local backend stops.
+    time_budget: seconds, Tune's own time-budget stopper (the trials left running continue on --resume).
+    Returns True when the time budget ended the run before its trials did."""
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent {max_concurrent}: expected an integer >= 1 (leave it out for as many "
+                        f"as the cluster holds)")
+    out, data_root = Path(out).resolve(), Path(data_root).resolve()  # workers run in other directories
+    scheduler = None
+    if asha is not None:
+        restore_decisions(asha, trials or todo, out, log)
+        scheduler = AshaScheduler(asha, out)
+        todo = [t for t in todo if (runlog.read_config(runlog.run_folder(out, t)) or {}).get("status")
+                not in runlog.FINISHED]
     if not todo:
         return False
-    if asha is not None:
-        todo = trials or todo
-        max_concurrent = max_concurrent or 1
-    out, data_root = Path(out).resolve(), Path(data_root).resolve()  # workers run in other directories
     device = "cuda" if gpus_per_trial > 0 else "cpu"
     with quiet_tune(), ray_session(address, log) as local:
         check_resources(cpus_per_trial, gpus_per_trial, local, log)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data_root=str(data_root), out=str(out), device=device,
-                                 threads=max(1, int(cpus_per_trial)), replay=asha is not None),
+                                 threads=max(1, int(cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        progress_cb = GridProgress(out, todo, progress, log, Asha(**asha.settings()) if asha else None)
-        scheduler = None
-        if asha is not None:
-            from ray.tune.schedulers import ASHAScheduler
-            scheduler = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=asha.max_t,
-                                      grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+        progress_cb = GridProgress(out, todo, progress, log, scheduler.stops if scheduler else None)
+        stopper = BudgetStopper(time_budget) if time_budget is not None else None
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([{"name": t.name(), "config": t.to_dict()} for t in todo])},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                                        scheduler=scheduler, max_concurrent_trials=max_concurrent,
-                                        time_budget_s=time_budget),
+                                        scheduler=scheduler, max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(
                 name=time.strftime("grid-%Y%m%d-%H%M%S"), storage_path=str(out / TUNE_STORAGE), verbose=0,
-                callbacks=[progress_cb, JsonLoggerCallback()], log_to_file=True,
+                stop=stopper, callbacks=[progress_cb, JsonLoggerCallback()], log_to_file=True,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         t0 = time.time()
         tuner.fit()
-        out_of_time = time_budget is not None and time.time() - t0 >= time_budget
     statuses = [(runlog.read_config(runlog.run_folder(out, t)) or {}).get("status", "no run folder") for t in todo]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     log(f"ray: {len(todo)} trial{'s' * (len(todo) != 1)} in {time.time() - t0:.0f}s: {counts}")
@@ -286,5 +351,5 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
     if progress_cb.unseen:
         raise UserError(f"{out}: trial {progress_cb.unseen[0]} finished on a Ray worker but its run folder is not "
                         f"here; on a multi-node cluster --out and --data must be on storage every node shares")
-    return out_of_time
-
+    unfinished = [s for s in statuses if s not in runlog.FINISHED and s != runlog.STATUS_FAILED]
+    return bool(stopper and stopper.fired and unfinished)

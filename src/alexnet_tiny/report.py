@@ -260,7 +260,7 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
                        "flip_accuracy": evaluation(test_flipped, test_split.labels, dataset.num_classes).accuracy,
                        "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
-              "official_val": None, "samples": []}
+              "official_val": None, "samples": [], "classes": dataset.num_classes}
     official = dataset.splits[OFFICIAL_VAL]
     if len(official):
         logits, flipped = saved.logits_with_flip(official.images)
@@ -591,6 +591,34 @@ def _published_html(comparison: dict | None) -> list[str]:
             "chooses by validation accuracy and reports test accuracy at that choice.</p>"]
 
 
+def public_tiny_imagenet(evaluation: dict | None) -> dict | None:
+    """At 200 classes: the best checkpoint's official-val and test accuracy beside public results."""
+    if not evaluation:
+        return None
+    return published.tiny_imagenet_200(evaluation["classes"], (evaluation["official_val"] or {}).get("accuracy"),
+                                       evaluation["test"]["accuracy"])
+
+
+def _public_tiny_imagenet_html(public: dict | None) -> list[str]:
+    if not public:
+        return []
+    e, pct = html.escape, lambda v: "–" if v is None else f"{v:.1%}"  # noqa: E731
+    ours, (low, high) = public["ours"], public["range"]
+    mine = ours["official_val"] if ours["official_val"] is not None else ours["test"]
+    where = ("below" if mine < low else "above" if mine > high else "within") if mine is not None else None
+    body = "".join(f"<tr><td>{e(r['source'])}</td><td>{e(r['model'])}</td><td>{e(r['split'])}</td>"
+                   f"<td>{pct(r['top1'])}</td></tr>" for r in public["rows"])
+    return ["<h2>Beside public results on Tiny ImageNet-200</h2>",
+            f"<p>The best checkpoint: <b>{pct(ours['official_val'])}</b> top-1 on the official validation images, "
+            f"{pct(ours['test'])} on the test split"
+            + (f"; {where} the range of the public AlexNet-from-scratch results below ({pct(low)} to {pct(high)})"
+               if where else "") +
+            ". Their training (epochs, input size, augmentation) and evaluation splits differ from this run's and "
+            "from each other's: a range to place the run in, not a target.</p>",
+            '<div class="scroll"><table id="public-tiny-imagenet"><tr><th>source</th><th>model</th>'
+            f"<th>evaluated on</th><th>top-1</th></tr>{body}</table></div>"]
+
+
 def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict) -> str:
     e = html.escape
     best, ev = report["best"], report["evaluation"]
@@ -630,6 +658,7 @@ def render_html(report: dict, rows: list[dict], trials: list[Trial], made: dict)
               '<a href="results_table.png">results_table.png</a>; results from each trial&rsquo;s config.json, '
               'curves from its TensorBoard files.</p>',
               *_published_html(report.get("published")),
+              *_public_tiny_imagenet_html(report.get("public_tiny_imagenet")),
               *_grid_map_html(report.get("grid_map"), made),
               *(["<h2>Configurations over seeds</h2>", _configurations_html(report["configurations"], made)]
                 if compares_configurations(report["configurations"]) else []),
@@ -707,6 +736,7 @@ def write_report(runs_dir: Path | str | list, out: Path | str | None = None, pro
               "generated": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
               "trials": rows, "best": best, "configurations": groups, "grid_map": gridmap, "kernels": kernel_info,
               "figures": made, "missing": missing, "published": comparison,
+              "public_tiny_imagenet": public_tiny_imagenet(evaluation),
               "evaluation": {k: v for k, v in evaluation.items() if k not in ARRAYS} if evaluation else None}
     write_json(out / REPORT_JSON, report)
     with atomic_path(out / "index.html") as tmp:

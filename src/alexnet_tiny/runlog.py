@@ -4,6 +4,8 @@
     <run>/metrics.jsonl   one JSON object per epoch (the same values as the scalars)
     <run>/events.out.tfevents.*   TensorBoard scalars (TAGS) and hparams
     <run>/last.pt, best.pt        checkpoints (best = best validation accuracy)
+
+and, in a grid folder, grid.json (its trials) and asha.jsonl (a Ray grid's ASHA decisions, in order).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .errors import UserError
 
 CONFIG_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT = "config.json", "metrics.jsonl", "last.pt", "best.pt"
 GRID_FILE = "grid.json"  # a grid folder's list of trials (grid.py writes it, the report reads it)
+DECISIONS_FILE = "asha.jsonl"  # a Ray grid's ASHA decisions, one JSON object per line in the order taken
 
 # metrics.jsonl key -> TensorBoard tag. The report reads the tags through this same table.
 TAGS = {
@@ -57,8 +60,8 @@ def write_config(run: Path, record: dict) -> None:
     write_json(Path(run) / CONFIG_FILE, record)
 
 
-def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / METRICS_FILE
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of an appended JSON-lines file, up to a line a kill cut short (absent file: none)."""
     if not path.exists():
         return []
     rows = []
@@ -68,6 +71,15 @@ def read_metrics(run: Path) -> list[dict]:
         except ValueError:
             break  # a line cut by a kill: everything after it is redone on resume
     return rows
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return read_jsonl(Path(run) / METRICS_FILE)
 
 
 def epoch_rows(rows: list[dict]) -> list[dict]:
@@ -83,8 +95,12 @@ def truncate_metrics(run: Path, last_epoch: int) -> list[dict]:
 
 
 def append_metrics(run: Path, row: dict) -> None:
-    with open(Path(run) / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(Path(run) / METRICS_FILE, row)
+
+
+def val_accuracy_at(run: Path, epoch: int) -> float | None:
+    """A run's validation accuracy at `epoch`, from its metrics.jsonl (None if it did not get there)."""
+    return next((r["val_accuracy"] for r in epoch_rows(read_metrics(run)) if r["epoch"] == epoch), None)
 
 
 def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
