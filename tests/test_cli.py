@@ -252,6 +252,15 @@ def test_max_stack_below_one_is_refused(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
+def test_max_concurrent_is_for_ray_and_at_least_one(tmp_path, capsys):
+    assert cli.main(["grid", "--max-concurrent", "2", "--out", str(tmp_path / "g"), "-q"]) == 2
+    assert "--max-concurrent 2: only with --backend ray" in one_line_error(capsys, "grid")
+    pytest.importorskip("ray")
+    assert cli.main(["grid", "--backend", "ray", "--max-concurrent", "0", "--out", str(tmp_path / "g"), "-q"]) == 2
+    assert "--max-concurrent 0: expected an integer >= 1" in one_line_error(capsys, "grid")
+    assert not (tmp_path / "g").exists()
+
+
 def test_damaged_grid_json_on_resume_is_refused(tmp_path, capsys):
     out = tmp_path / "g"
     out.mkdir()

@@ -234,8 +234,9 @@ def test_parallel_asha_grid_overlaps_records_its_decisions_and_resumes_after_kil
     finished_before = [n for n in names if (before[n][0] or {}).get("status") in runlog.FINISHED]
     assert finished_before, "killed after a trial finished"
 
-    resumed = run_cli(*args, "--resume", env=NARROW, timeout=900)
+    resumed = run_cli(*args, "--resume", "--time-budget", "2h", env=NARROW, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
+    assert "time budget" not in resumed.stderr  # it finished long before its budget
     decisions = runlog.read_jsonl(out / runlog.DECISIONS_FILE)
     assert decisions[:len(decisions_before)] == decisions_before  # appended to, never rewritten
     judged = [(d["trial"], d["epoch"]) for d in decisions]

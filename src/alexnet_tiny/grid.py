@@ -354,6 +354,10 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
         raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if backend == "ray":
         from .ray_backend import run_trials_on_ray  # a missing Ray stops here, before any work
+        concurrent = (ray_options or {}).get("max_concurrent")
+        if concurrent is not None and concurrent < 1:
+            raise UserError(f"--max-concurrent {concurrent}: expected an integer >= 1 (leave it out for as many "
+                            f"as the cluster holds)")
         if precision != "fp32":
             raise UserError(f"--precision {precision}: the Ray backend trains in fp32 only")
     check_precision(precision)

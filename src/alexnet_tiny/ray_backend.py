@@ -310,9 +310,6 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
     One trial at a time runs them in grid order and stops what the local backend stops.
     time_budget: seconds, Tune's own time-budget stopper (the trials left running continue on --resume).
     Returns True when the time budget ended the run before its trials did."""
-    if max_concurrent is not None and max_concurrent < 1:
-        raise UserError(f"--max-concurrent {max_concurrent}: expected an integer >= 1 (leave it out for as many "
-                        f"as the cluster holds)")
     out, data_root = Path(out).resolve(), Path(data_root).resolve()  # workers run in other directories
     scheduler = None
     if asha is not None:
