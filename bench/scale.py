@@ -18,7 +18,8 @@ with child processes (the Ray grid: its local Ray instance and workers), the pea
 process tree, sampled once a second (PSS splits a page shared by n processes n ways, so the
 memory-mapped cache of several Ray workers is counted once). `--src DIR` runs another
 checkout's package (its src/ folder), for before-and-after figures in one run. The last line is
-`scale: N commands, ... peak ... MB`.
+`scale: N commands, ... peak ... MB`. Without Ray installed, grid-ray is skipped with a line that says
+so (and counted in that line).
 
     python bench/scale.py                                     # 10, 50, 200 classes, 500 images each
     python bench/scale.py --classes 200 --commands prepare,report --src /tmp/before/src
@@ -29,6 +30,7 @@ checkout's package (its src/ folder), for before-and-after figures in one run. T
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import itertools
 import json
@@ -231,6 +233,11 @@ def main(argv=None) -> int:
     for c in commands:
         if c not in COMMANDS:
             ap.error(f"--commands: {c!r} is not one of {', '.join(COMMANDS)}")
+    skipped = []
+    if "grid-ray" in commands and importlib.util.find_spec("ray") is None:
+        commands.remove("grid-ray")
+        skipped.append("grid-ray")
+        print("scale: grid-ray skipped: Ray is not installed (pip install 'alexnet-tiny[ray]')", flush=True)
     if not (1 <= args.train_images <= 400 and 1 <= args.held_out <= 50 and 1 <= args.val_images <= 50):
         ap.error("--train-images 1-400, --held-out 1-50 and --val-images 1-50: the embedded archive's 500 "
                  "images and 50 official-val images per class")
@@ -271,8 +278,9 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     failed = [r for r in rows if r["rc"]]
-    peak = max(max(r["peak_rss_mb"], r["peak_tree_pss_mb"] or 0) for r in rows)
-    print(f"scale: {len(rows)} commands, {len(failed)} failed, highest peak {peak} MB", flush=True)
+    peak = max((max(r["peak_rss_mb"], r["peak_tree_pss_mb"] or 0) for r in rows), default=0)
+    print(f"scale: {len(rows)} commands, {len(failed)} failed{f', {len(skipped)} skipped' if skipped else ''}, "
+          f"highest peak {peak} MB", flush=True)
     return 1 if failed else 0
 
 

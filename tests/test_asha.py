@@ -70,9 +70,10 @@ def test_a_resumed_grid_plans_from_what_its_trials_did():
     assert asha.planned_epochs([9] * 9, done=[1] + [0] * 8, stopped=stopped) == [1, 9, 3, 3, 1, 1, 1, 1, 1]
 
 
+@pytest.mark.ray
 def test_the_rule_is_ray_tunes():
     """The same results in the same order get the same decisions from Ray Tune's own bracket."""
-    async_hyperband = pytest.importorskip("ray.tune.schedulers.async_hyperband")
+    from ray.tune.schedulers import async_hyperband
     rng = random.Random(0)
     for rf, grace, max_t in [(2, 1, 8), (3, 1, 12), (4, 2, 16), (2.5, 1, 10)]:
         ours = Asha(max_t, grace, rf)

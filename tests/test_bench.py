@@ -64,21 +64,28 @@ def decoded(z: zipfile.ZipFile, name: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(z.read(name))).convert("RGB")).astype(int)
 
 
-@pytest.mark.slow
-def test_every_command_at_200_classes(tmp_path):
-    """The full Tiny ImageNet's class count at a reduced size (4 images a class: one val, one test,
-    two train; one official-val): an archive in the official layout whose classes differ, then
-    prepare, train, a grid on each backend, evaluate, report and predict, each a real process."""
-    work = tmp_path / "scale"
+def run_scale(work: Path, *args) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """bench/scale.py at the full Tiny ImageNet's class count, at a reduced size (4 images a class:
+    one val, one test, two train; one official-val); its rows."""
     proc = subprocess.run([sys.executable, str(SCALE), "--classes", "200", "--train-images", "2", "--held-out", "1",
-                           "--val-images", "1", "--work", str(work), "--json", str(work / "rows.json")],
+                           "--val-images", "1", "--work", str(work), "--json", str(work / "rows.json"), *args],
                           capture_output=True, text=True, timeout=1500,
                           env={**os.environ, **NARROW_ENV, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.fullmatch(r"scale: 7 commands, 0 failed, highest peak \d+ MB", proc.stdout.strip().splitlines()[-1])
     rows = json.loads((work / "rows.json").read_text())
-    assert [r["command"] for r in rows] == ["prepare", "train", "grid-local", "grid-ray", "evaluate", "report", "predict"]
     assert all(r["rc"] == 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    return proc, rows
+
+
+@pytest.mark.slow
+def test_every_command_at_200_classes(tmp_path):
+    """An archive in the official layout whose 200 classes differ, then prepare, train, a local grid,
+    evaluate, report and predict, each a real process (the Ray grid: the next test)."""
+    work = tmp_path / "scale"
+    commands = ["prepare", "train", "grid-local", "evaluate", "report", "predict"]
+    proc, rows = run_scale(work, "--commands", ",".join(commands))
+    assert re.fullmatch(r"scale: 6 commands, 0 failed, highest peak \d+ MB", proc.stdout.strip().splitlines()[-1])
+    assert [r["command"] for r in rows] == commands
 
     with zipfile.ZipFile(work / "tiny-imagenet-200-4.zip") as z:
         wnids = z.read("tiny-imagenet-200/wnids.txt").decode().split()
@@ -99,4 +106,26 @@ def test_every_command_at_200_classes(tmp_path):
     assert 'id="public-tiny-imagenet"' in (work / "runs-200" / "report" / "index.html").read_text()
     for png in (work / "runs-200" / "report").glob("*.png"):
         assert max(Image.open(png).size) <= 4200, png.name  # figures a person can read at 200 classes
-    assert (work / "runs-200" / "grid-ray" / "results.csv").exists() and (work / "runs-200" / "cam.png").exists()
+    assert (work / "runs-200" / "cam.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_ray_grid_at_200_classes(tmp_path):
+    work = tmp_path / "scale"
+    proc, rows = run_scale(work, "--commands", "prepare,grid-ray")
+    assert re.fullmatch(r"scale: 2 commands, 0 failed, highest peak \d+ MB", proc.stdout.strip().splitlines()[-1])
+    assert [r["command"] for r in rows] == ["prepare", "grid-ray"] and rows[1]["peak_tree_pss_mb"] > 0
+    assert len((work / "runs-200" / "grid-ray" / "results.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_the_ray_grid_is_skipped_without_ray(tmp_path):
+    """Without Ray (hidden from the import system), grid-ray is skipped and said so, not failed."""
+    code = (f"import runpy, sys; sys.modules['ray'] = None; sys.argv = [{str(SCALE)!r}, '--classes', '2', "
+            f"'--commands', 'grid-ray', '--train-images', '2', '--held-out', '1', "
+            f"'--val-images', '1', '--work', {str(tmp_path)!r}]; runpy.run_path({str(SCALE)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "scale: grid-ray skipped: Ray is not installed (pip install 'alexnet-tiny[ray]')" in lines
+    assert lines[-1] == "scale: 0 commands, 0 failed, 1 skipped, highest peak 0 MB"

@@ -252,10 +252,14 @@ def test_max_stack_below_one_is_refused(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
-def test_max_concurrent_is_for_ray_and_at_least_one(tmp_path, capsys):
+def test_max_concurrent_is_for_ray(tmp_path, capsys):
     assert cli.main(["grid", "--max-concurrent", "2", "--out", str(tmp_path / "g"), "-q"]) == 2
     assert "--max-concurrent 2: only with --backend ray" in one_line_error(capsys, "grid")
-    pytest.importorskip("ray")
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.ray
+def test_max_concurrent_is_at_least_one(tmp_path, capsys):
     assert cli.main(["grid", "--backend", "ray", "--max-concurrent", "0", "--out", str(tmp_path / "g"), "-q"]) == 2
     assert "--max-concurrent 0: expected an integer >= 1" in one_line_error(capsys, "grid")
     assert not (tmp_path / "g").exists()
@@ -317,7 +321,7 @@ def test_torch_versions_compare_as_numbers(version, refused, monkeypatch):
 
 # ----------------------------------------------------------------------------- one process at a time
 
-HOLD = ("import sys, time; from alexnet_tiny.data import folder_lock\n"
+HOLD = ("import sys, time; from alexnet_tiny.files import folder_lock\n"
         "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
 
 
@@ -338,7 +342,7 @@ def test_a_folder_in_use_by_another_process_is_refused(command, small_data, tmp_
 
 
 def test_a_stale_lock_is_taken_over(tmp_path):
-    from alexnet_tiny.data import folder_lock, lock_path
+    from alexnet_tiny.files import folder_lock, lock_path
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     folder = tmp_path / "run"

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from alexnet_tiny import cli
+from alexnet_tiny.config import PRESETS
+
+from conftest import NARROW_ENV, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", ROOT / "RESULTS.md", ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md",
@@ -123,3 +126,74 @@ def test_every_python_block_runs(doc, block, small_data, tmp_path, monkeypatch):
     for old, new in ON_SMALL_DATA.items():
         block = block.replace(old, new)
     exec(compile(block, doc, "exec"), {"SMALL_DATA": small_data})
+
+
+# ----------------------------------------------------------------------------- output shown in the documents
+
+TRIAL_NAME = re.compile(r"\b(?:%s)(?:_[\w.+-]+)?\b" % "|".join(sorted(map(re.escape, PRESETS), key=len, reverse=True)))
+
+
+def output_shape(line: str) -> str:
+    """A line of the tool's output with what changes from run to run taken out: paths, trial names,
+    numbers and durations; what is left is the code's format."""
+    line = re.sub(r"^grid \S+:", "grid PATH:", line)  # the grid folder of the summary line
+    line = re.sub(r"(?<!\S)[^\s(]*[A-Za-z][^\s(]*/\S*", "PATH", line)
+    line = TRIAL_NAME.sub("TRIAL", line)
+    line = re.sub(r"\d+(?:\.\d+)?(?:e-?\d+)?", "N", line)
+    return re.sub(r"N (?:h|min|s)(?: N (?:min|s))*", "DURATION", line)
+
+
+def output_block(doc: Path, command: str) -> list[str]:
+    """The lines of the output block a document shows under `<!-- output of: COMMAND -->`."""
+    found = re.search(rf"<!-- output of: {re.escape(command)} -->\s*```[a-z]*\n(.*?)```", doc.read_text(), re.S)
+    assert found, f"{doc.name}: no output block for `{command}`"
+    return [line for line in found.group(1).splitlines() if line.strip()]
+
+
+def test_output_shapes():
+    assert output_shape("quick_lr0.016: stopped by ASHA at epoch 1: val 0.108 below the cutoff 0.249") == \
+        output_shape("quick_lr1e-07_b32_e4: stopped by ASHA at epoch 3: val 0.5 below the cutoff 0.7")
+    assert output_shape("estimated 6 min 10 s on cpu") == output_shape("estimated 57 s on cpu")
+    assert output_shape("grid runs/quick: 3 trials (1 done, 2 stopped) in 229s") != \
+        output_shape("grid runs/quick: 3 trials (3 done) in 229s")
+
+
+ASHA_GRID = "preset = 'quick'\nlr = [0.004, 1e-7, 2e-7]\nepochs = 4\nbatch_size = 32\n"
+
+
+@pytest.mark.slow
+def test_the_readmes_sample_output_is_the_tools_output_today(small_data, tmp_path):
+    """The main job's output in README.md, line by line, has the format of what the tool prints today:
+    a grid of the same shape (three trials, ASHA at epochs 1 and 3 with reduction factor 3, two
+    stopped at epoch 1, the report) on small data, compared with numbers, names and paths taken out."""
+    toml = tmp_path / "asha.toml"
+    toml.write_text(ASHA_GRID)
+    proc = run_cli("grid", "--config", toml, "--scheduler", "asha", "--reduction-factor", 3, "--data", small_data,
+                   "--out", tmp_path / "grid", "-q", env=NARROW_ENV, check=True)
+    produced = {output_shape(line) for line in (proc.stderr + proc.stdout).splitlines()}
+    sample = output_block(ROOT / "README.md", "alexnet-tiny grid --preset quick")
+    assert len(sample) >= 5
+    assert [line for line in sample if output_shape(line) not in produced] == []
+
+
+def test_ci_runs_the_readmes_install_and_test_command_before_adding_ray():
+    """CI's first run is a reader's: the README's own install (no extras it does not name) and exactly
+    its test command; only then is Ray added, for the tests marked `ray` alone."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    install = re.search(r"pip install [^&\n]+", blocks[0]).group(0).strip()
+    test_command = blocks[1].strip()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.strip().startswith("#")]
+    pips = [i for i, line in enumerate(ci) if line.startswith("pip install")]
+    tests = [i for i, line in enumerate(ci) if "pytest" in line]
+    assert ci[pips[0]].replace(" -q", "") == install
+    assert ci[tests[0]] == test_command and pips[0] < tests[0] < pips[1] < tests[1]
+    assert ".[test,ray]" in ci[pips[1]] and ci[tests[1]].endswith(f"{test_command} -m ray")
+
+
+def test_the_report_page_documents_every_figure():
+    """docs/report.md lists every file of the report's one list of figures (page.FIGURES)."""
+    from alexnet_tiny.page import FIGURES
+    text = (ROOT / "docs" / "report.md").read_text()
+    assert [f for f, _ in FIGURES.values() if f"`{f}`" not in text] == []

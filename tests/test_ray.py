@@ -63,7 +63,6 @@ def folder_layout(run: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def ray_grid(small_data, tmp_path_factory) -> dict:
     """Start the grid on Ray, Ctrl-C it once a trial has saved its first epoch, then --resume it."""
-    pytest.importorskip("ray")  # here, not at the top: the missing-Ray test runs without Ray too
     tmp = tmp_path_factory.mktemp("ray")
     toml, out = grid_toml(tmp / "two.toml"), tmp / "ray-grid"
     args = grid_args(toml, small_data, out, "--backend", "ray", "--cpus-per-trial", "1")
@@ -89,6 +88,7 @@ def ray_grid(small_data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ctrl_c_stops_the_ray_grid_and_resume_finishes_it(ray_grid):
     interrupted, resumed, out = ray_grid["interrupted"], ray_grid["resumed"], ray_grid["out"]
     assert interrupted.returncode == 130, interrupted.stderr
@@ -108,6 +108,7 @@ def test_ctrl_c_stops_the_ray_grid_and_resume_finishes_it(ray_grid):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_grid_equals_the_local_grid(ray_grid, small_data, tmp_path):
     out = ray_grid["out"]
     local = tmp_path / "local-grid"
@@ -133,6 +134,7 @@ def test_ray_grid_equals_the_local_grid(ray_grid, small_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_resume_of_a_finished_ray_grid_trains_nothing(ray_grid):
     out = ray_grid["out"]
     csv_before = (out / RESULTS_CSV).read_text()
@@ -169,11 +171,11 @@ image_size = [64]
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_asha_stops_the_same_trials_on_both_backends(small_data, tmp_path):
     """The same grid with --scheduler asha, one thread a trial, one trial at a time on Ray: Ray's
     scheduler and the local backend's rule stop the same trials at the same epochs, and the trials
     they keep train the same epochs with the same results."""
-    pytest.importorskip("ray")
     toml = tmp_path / "asha.toml"
     toml.write_text(ASHA_TOML)
     outs = {backend: tmp_path / backend for backend in ("ray", "local")}
@@ -203,12 +205,12 @@ def epoch_spans(run: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_parallel_asha_grid_overlaps_records_its_decisions_and_resumes_after_kill(small_data, tmp_path):
     """ASHA on Ray, two trials at a time (4 trials, rungs at epochs 1 and 2): killed (SIGKILL to the
     whole process group, the local Ray instance included) once a trial has finished, then --resume.
     Trials ran side by side; every decision is in asha.jsonl once, in the order taken, and the run
     folders agree with it; nothing finished or saved before the kill is trained again."""
-    pytest.importorskip("ray")
     toml = tmp_path / "four.toml"
     toml.write_text(f'preset = "readme"\nlr = {PARALLEL_LRS}\nmomentum = 0.9\ngamma = 0.5\nstep_size = 1\n'
                     f'batch_size = 32\nepochs = 3\nimage_size = 64\n')
@@ -264,3 +266,24 @@ def test_parallel_asha_grid_overlaps_records_its_decisions_and_resumes_after_kil
     overlapping = [(a, b) for a, b in itertools.combinations(names, 2)
                    if any(s1 < e2 and s2 < e1 for s1, e1 in spans[a] for s2, e2 in spans[b])]
     assert overlapping, f"no two trials trained at the same time: {spans}"
+
+
+RAY_MD_COMMAND = "alexnet-tiny grid --config two.toml --data tiny3 --out two --backend ray --cpus-per-trial 1 --no-report"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_output_docs_ray_md_shows_is_the_tools_output_today(small_data, tmp_path):
+    """docs/ray.md's sample of the driver's output, line by line, has the format of what the same command
+    prints today (on small data, so its numbers, names and paths differ and are taken out)."""
+    from test_docs import ROOT, output_block, output_shape
+    toml = grid_toml(tmp_path / "two.toml")
+    args = RAY_MD_COMMAND.split()[1:]
+    args[args.index("two.toml")], args[args.index("tiny3")], args[args.index("two")] = toml, small_data, tmp_path / "two"
+    proc = run_cli(*args, env=NARROW, check=True, timeout=1500)
+    def shape(line: str) -> str:  # whether a finished trial's line says the time left depends on the race
+        return output_shape(line).replace(", about DURATION left", "")
+    produced = {shape(line) for line in (proc.stderr + proc.stdout).splitlines()}
+    sample = [line for line in output_block(ROOT / "docs" / "ray.md", RAY_MD_COMMAND) if not line.startswith("$ ")]
+    assert len(sample) >= 5
+    assert [line for line in sample if shape(line) not in produced] == []
