@@ -107,6 +107,21 @@ def test_prepared_files_are_the_source_bytes(tiny_data, tiny_source):
         assert (tiny_data / rel).read_bytes() == (tiny_source / "train" / wnid / "images" / name).read_bytes()
 
 
+def test_a_folder_of_an_earlier_version_is_used_and_said_so_once(small_data, tmp_path):
+    """A data folder prepared before the split choice (its dataset.json has no "split": hashed) is used as
+    it is; the first load in a process says so in one line with the command that re-prepares it."""
+    old = Path(shutil.copytree(small_data, tmp_path / "old"))
+    meta = json.loads((old / "dataset.json").read_text())
+    del meta["split"]
+    (old / "dataset.json").write_text(json.dumps(meta))
+    lines = []
+    first = ensure_dataset(old, progress=False, log=lines.append)
+    ensure_dataset(old, progress=False, log=lines.append)
+    assert len(first.splits["train"]) == len(ensure_dataset(small_data, progress=False, log=lines.append).splits["train"])
+    assert lines == [f"{old}: prepared by an earlier version with a hashed split, not the study's split by file "
+                     f"number; used as it is (to re-prepare: rm -r {old} && alexnet-tiny prepare --out {old})"]
+
+
 def test_hashed_split_is_deterministic_in_the_seed(tiny_data, tiny_source, tmp_path):
     hashed = prepare(tmp_path / "hashed", source=tiny_source, classes=3, seed=0, split="hash", progress=False)
     same = prepare(tmp_path / "same", source=tiny_source, classes=3, seed=0, split="hash", progress=False)

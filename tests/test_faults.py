@@ -20,7 +20,8 @@ import pytest
 from alexnet_tiny import runlog
 from alexnet_tiny.checkpoint import load_checkpoint
 from alexnet_tiny.config import PRESETS
-from alexnet_tiny.data import load_dataset, lock_path
+from alexnet_tiny.data import load_dataset
+from alexnet_tiny.files import lock_path
 from alexnet_tiny.train import train
 from conftest import NARROW_ENV, quiet, run_cli, without_timing
 

@@ -247,6 +247,23 @@ def test_resume_with_other_hyperparameters_is_refused(run_b, dataset, tmp_path):
     assert [r["epoch"] for r in runlog.read_metrics(run)] == [1]
 
 
+def test_resume_after_an_image_moved_between_splits_is_refused(run_b, small_data, tmp_path):
+    """One test image moved by hand into train/: the folder holds the same classes, source and kind of
+    split, but a resume would train on a test image; refused in one line naming the split, as is
+    evaluating the checkpoint on it."""
+    data, run = Path(shutil.copytree(small_data, tmp_path / "data")), copy_run(run_b, tmp_path)
+    image = sorted((data / "test").rglob("*.JPEG"))[0]
+    image.rename(data / "train" / image.parent.name / image.name)
+    moved = load_dataset(data, progress=False)
+    with pytest.raises(UserError, match=r"its train split holds other images than the run's") as e:
+        train(TRAIN, moved, run, device="cpu", resume=True, progress=False, log=quiet)
+    assert "\n" not in str(e.value)
+    assert [r["epoch"] for r in runlog.read_metrics(run)] == [1]
+    from alexnet_tiny.evaluate import evaluate_checkpoint
+    with pytest.raises(UserError, match=r"its train split holds other images"):
+        evaluate_checkpoint(run / runlog.LAST_CKPT, data=data, device="cpu", progress=False)
+
+
 # ----------------------------------------------------------------------------- divergence, bad values
 
 @pytest.mark.slow

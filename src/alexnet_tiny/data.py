@@ -13,7 +13,6 @@ to N x 3 x 64 x 64 uint8), building in a temporary folder that is renamed into p
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import io
 import itertools
@@ -22,9 +21,9 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import zipfile
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
+from .files import atomic_torch_save, folder_lock, write_json
 from .progress import progress_bar
 
 EMBEDDED_ARCHIVE = Path(__file__).parent / "assets" / "tiny-imagenet-200-first10.zip"
@@ -44,6 +44,7 @@ SPLIT_SIZES = {"train": 400, "val": 50, "test": 50}  # "hash": taken from each c
 SPLIT_NUMBERS = {"val": range(0, 50), "test": range(50, 100)}
 FIRST_TRAIN_NUMBER = 100
 SPLIT_KINDS = ("number", "hash")
+LEGACY_SPLIT = "hash"  # the split of folders prepared (and runs recorded) before the choice existed
 OFFICIAL_VAL = "official-val"  # the official validation images: never used for training or selection
 SPLITS = (*SPLIT_SIZES, OFFICIAL_VAL)
 CACHE_SIZE = 64  # decoded cache resolution (Tiny ImageNet's native size)
@@ -243,20 +244,34 @@ def plan_split(source: Source, wnids: list[str], split: str = "number", seed: in
 def dataset_identity(meta: dict) -> dict:
     """What makes two prepared folders hold the same images in the same splits: the source, the
     classes and the split (folders from before the split choice were hashed)."""
-    kind = meta.get("split", "hash")
+    kind = meta.get("split", LEGACY_SPLIT)
     return {"source_sha256": meta.get("source_sha256"), "wnids": list(meta["wnids"]), "split": kind,
             "seed": meta.get("seed") if kind == "hash" else None}
 
 
+def split_membership(splits: dict) -> dict[str, str]:
+    """Which images each split holds: a digest of its file names (class folder and file, not the
+    split folder, sizes or times), so that an image moved from test/ to train/ changes both."""
+    return {s: hashlib.sha256("\n".join(sorted(f.split("/", 1)[-1] for f in split.files)).encode()).hexdigest()[:16]
+            for s, split in splits.items()}
+
+
 def identity_difference(recorded: dict, current: dict, same_source: bool = True) -> str | None:
     """How a dataset differs from the one a run or checkpoint recorded (None if it does not); fields
-    the record lacks (older runs) are not compared. `same_source=False` (evaluation) allows another
-    source with the same classes and split: the same images cut from the full archive, or new ones."""
+    the record lacks (older runs) are not compared. A resume (`same_source`) needs every split to hold
+    the images it held. Evaluation (`same_source=False`) allows another source with the same classes,
+    split and training images (the same images cut from the full archive), and other val, test or
+    official-val images: with the training images the same, none of them was trained on."""
     if recorded.get("wnids") is not None and list(recorded["wnids"]) != list(current["wnids"]):
         return "other classes"
     if "split" in recorded and (recorded["split"], recorded.get("seed")) != (current["split"], current["seed"]):
         return (f"split {split_description(current)}, where the run used split {split_description(recorded)}; "
                 f"its val and test images would include images it trained on")
+    members = current.get("members") or {}
+    for split, digest in (recorded.get("members") or {}).items():
+        if (same_source or split == "train") and members.get(split) != digest:
+            return (f"its {split} split holds other images than the run's (images added, removed or moved "
+                    f"between splits since)")
     if same_source and recorded.get("source_sha256") and recorded["source_sha256"] != current["source_sha256"]:
         return "another source archive"
     return None
@@ -265,7 +280,7 @@ def identity_difference(recorded: dict, current: dict, same_source: bool = True)
 def split_description(meta: dict) -> str:
     """How a prepared folder was split, in words ("number", "hash, seed 0"); folders from before the
     choice were hashed."""
-    kind = meta.get("split", "hash")
+    kind = meta.get("split", LEGACY_SPLIT)
     return kind if kind == "number" else f"hash, seed {meta.get('seed')}"
 
 
@@ -439,6 +454,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.wnids)
 
+    def identity(self) -> dict:
+        """What a run and its checkpoints record of the data: `dataset_identity` and which images each
+        split holds (`split_membership`); resume and evaluation compare it (`identity_difference`)."""
+        return {**dataset_identity(self.meta), "members": split_membership(self.splits)}
+
     def to(self, device) -> "Dataset":
         """The same dataset with every split's tensors on `device` (no copy where they already are)."""
         return Dataset(self.root, self.wnids, self.names, {k: v.to(device) for k, v in self.splits.items()}, self.meta)
@@ -509,9 +529,11 @@ def _load_cache(path: Path):
         return None  # missing or damaged: rebuilt from the folder
 
 
-def ensure_dataset(root: Path | str | None = None, progress: bool = True) -> Dataset:
+def ensure_dataset(root: Path | str | None = None, progress: bool = True, log=None) -> Dataset:
     """Load a prepared dataset. Only the default folder is prepared (from the embedded archive) on first
-    use; any other folder must already hold one, so that a mistyped --data never fills a new folder."""
+    use; any other folder must already hold one, so that a mistyped --data never fills a new folder.
+    A folder an earlier version prepared with its hashed split is used as it is, and `log` (default:
+    standard error) is told so once, with the command that re-prepares it with the study's split."""
     root = Path(root) if root is not None else DEFAULT_DATA_DIR
     default = root == DEFAULT_DATA_DIR  # also when named explicitly: it is the same folder
     if not (root / "dataset.json").exists():
@@ -520,97 +542,16 @@ def ensure_dataset(root: Path | str | None = None, progress: bool = True) -> Dat
         if root.exists() and (not default or any(root.iterdir())):
             raise UserError(f"{root}: not a prepared dataset (no dataset.json); run `alexnet-tiny prepare --out {root}`")
         prepare(root, progress=progress)
-    return load_dataset(root, progress=progress)
+    dataset = load_dataset(root, progress=progress)
+    if "split" not in dataset.meta and root.resolve() not in _told_legacy:
+        _told_legacy.add(root.resolve())
+        (log or _to_stderr)(f"{root}: prepared by an earlier version with a hashed split, not the study's split by "
+                            f"file number; used as it is (to re-prepare: rm -r {root} && alexnet-tiny prepare --out {root})")
+    return dataset
 
 
-# ----------------------------------------------------------------------------- one process at a time
-
-_held: dict[Path, int] = {}  # lock file -> depth, for the locks this process holds
+_told_legacy: set[Path] = set()  # data folders whose hashed split this process has mentioned
 
 
-def lock_path(folder: Path | str) -> Path:
-    folder = Path(folder)
-    return folder.parent / f".{folder.name}.lock"
-
-
-@contextmanager
-def folder_lock(folder: Path | str, what: str = "folder"):
-    """One process at a time on `folder` (a data, run or grid folder, which need not exist yet): the
-    lock file `.<name>.lock` beside it, created exclusively, holds the pid. Another process's live lock
-    is a one-line error naming it; a lock whose process is gone is stale and taken over. The same
-    process may take a lock it holds again (a grid's trial run by `train`)."""
-    path = lock_path(folder).absolute()
-    if path in _held:
-        _held[path] += 1
-        try:
-            yield
-        finally:
-            _held[path] -= 1
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is not None:
-                raise UserError(f"{folder}: this {what} is in use by process {holder} (lock {path}); wait for it "
-                                f"to end, or remove the lock if that process is not alexnet-tiny") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    _held[path] = 1
-    try:
-        yield
-    finally:
-        del _held[path]
-        path.unlink(missing_ok=True)
-
-
-def _lock_holder(path: Path) -> int | None:
-    """The pid of a live process holding the lock file, or None when it is stale."""
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None  # unreadable or half-written: a process killed while taking it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid  # alive, another user's
-    return pid
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-@contextmanager
-def atomic_path(path: Path | str):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
-    (No fsync: this guards against killed processes, not against power loss.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path | str, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def atomic_torch_save(obj, path: Path | str) -> None:
-    """torch.save, renamed into place. torch's zip writer reports a failed write (a full disk) as a
-    RuntimeError without the system's error; it is raised as an OSError naming the file."""
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:
-            if "inline_container" not in str(e) and "file write failed" not in str(e):
-                raise
-            raise OSError(errno.EIO, "could not be written (is the disk full?)", str(path)) from None
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

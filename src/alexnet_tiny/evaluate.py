@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import Dataset, Split, dataset_identity, ensure_dataset, identity_difference
-from .device import autocast, check_precision, resolve_device
+from .data import Dataset, Split, ensure_dataset, identity_difference
+from .device import LEGACY_PRECISION, autocast, check_precision, resolve_device
 from .errors import UserError
 from .transforms import Preprocessing, eval_batch
 
@@ -114,7 +114,7 @@ def checkpoint_preprocessing(ckpt: dict, path) -> Preprocessing:
 def checkpoint_precision(ckpt: dict, path) -> str:
     """The precision a checkpoint's trial was trained (and selected) in; fp32 for checkpoints older
     than the precision entry."""
-    precision = ckpt.get("precision", "fp32")
+    precision = ckpt.get("precision", LEGACY_PRECISION)
     try:
         return check_precision(precision)
     except UserError:
@@ -141,7 +141,7 @@ class SavedModel:
         test images would then include training images)."""
         if dataset.wnids != self.wnids:
             raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
-        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset_identity(dataset.meta),
+        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset.identity(),
                                          same_source=False)
         if difference:
             raise UserError(f"{dataset.root}: {difference} (checkpoint {self.path}); "
