@@ -1,7 +1,8 @@
 """Training speed, side by side in one process: the naive pipeline against the project's engine.
 
 baseline  the seed's pipeline rebuilt: JPEG bytes decoded with PIL per item inside a DataLoader,
-          resize + random crop + flip per item, to tensor, normalise; eager fp32, SGD with momentum
+          resize + random crop + flip (or, with the seed preset's --input pad, the padded canvas and a flip)
+          per item, to tensor, normalise; eager fp32, SGD with momentum
           (PyTorch defaults), `.item()` after every step.
 engine    `alexnet_tiny.train.train_one_epoch` on the decoded uint8 cache with batched transforms,
           and `evaluate` for validation and test; with --stack K, the multi-trial engine instead
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet_tiny.allocator import retained_heap
-from alexnet_tiny.config import PRESETS, TrainConfig
+from alexnet_tiny.config import INPUTS, PRESETS, TrainConfig, head_size
 from alexnet_tiny.data import Split, ensure_dataset, prepare
 from alexnet_tiny.engine import StackedAlexNet, StackedSGD, evaluate_stack, train_stack_epoch
 from alexnet_tiny.errors import UserError
@@ -50,7 +51,7 @@ from alexnet_tiny.evaluate import evaluate
 from alexnet_tiny.progress import format_duration
 from alexnet_tiny.train import CPU_TRAINING_LAYOUT, TrialState, train_one_epoch
 from alexnet_tiny.trial import TrialLosses
-from alexnet_tiny.transforms import MEAN, STD, resize_size, train_batch
+from alexnet_tiny.transforms import MEAN, STD, Preprocessing, resize_size, train_batch
 
 SEED_GRID = {"trials": 12, "epochs": 35, "train_images": 4000, "eval_images": 1000}
 FLOOR_BYTES_PER_PARAM = 30  # weight, gradient and momentum read and written once per step (fp32 master)
@@ -63,8 +64,8 @@ PIPELINES = ("baseline", "engine")
 class JpegItems(torch.utils.data.Dataset):
     """One JPEG decoded and transformed per `__getitem__`, in Python, as the seed notebook did."""
 
-    def __init__(self, blobs: list[bytes], labels: torch.Tensor, image_size: int, train: bool):
-        self.blobs, self.labels, self.size, self.train = blobs, labels.tolist(), image_size, train
+    def __init__(self, blobs: list[bytes], labels: torch.Tensor, image_size: int, train: bool, input: str = "resize"):
+        self.blobs, self.labels, self.size, self.train, self.input = blobs, labels.tolist(), image_size, train, input
         self.resize = resize_size(image_size)
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
@@ -73,19 +74,25 @@ class JpegItems(torch.utils.data.Dataset):
         return len(self.blobs)
 
     def __getitem__(self, i):
-        im = Image.open(io.BytesIO(self.blobs[i])).convert("RGB").resize((self.resize, self.resize), Image.BILINEAR)
-        margin = self.resize - self.size
-        x0, y0 = (random.randint(0, margin), random.randint(0, margin)) if self.train else (margin // 2, margin // 2)
-        im = im.crop((x0, y0, x0 + self.size, y0 + self.size))
+        im = Image.open(io.BytesIO(self.blobs[i])).convert("RGB")
+        if self.input == "pad":  # the study's CenterCrop(S) of a 64 px image: a black S x S canvas around it
+            canvas = Image.new("RGB", (self.size, self.size))
+            canvas.paste(im, ((self.size - im.width) // 2, (self.size - im.height) // 2))
+            im = canvas
+        else:
+            im = im.resize((self.resize, self.resize), Image.BILINEAR)
+            margin = self.resize - self.size
+            x0, y0 = (random.randint(0, margin), random.randint(0, margin)) if self.train else (margin // 2, margin // 2)
+            im = im.crop((x0, y0, x0 + self.size, y0 + self.size))
         if self.train and random.random() < 0.5:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def baseline_loader(blobs, labels, image_size, batch_size, train, seed, workers, pin_memory):
+def baseline_loader(blobs, labels, image_size, batch_size, train, seed, workers, pin_memory, input="resize"):
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(JpegItems(blobs, labels, image_size, train), batch_size=batch_size,
+    return torch.utils.data.DataLoader(JpegItems(blobs, labels, image_size, train, input), batch_size=batch_size,
                                        shuffle=train, generator=generator, num_workers=workers,
                                        pin_memory=pin_memory)
 
@@ -203,11 +210,17 @@ class Bench:
 
     def config(self, trial: int) -> TrainConfig:
         a = self.args
-        return TrainConfig(batch_size=a.batch_size, image_size=a.image_size, epochs=a.epochs, seed=trial)
+        return TrainConfig(batch_size=a.batch_size, image_size=a.image_size, epochs=a.epochs, seed=trial, input=a.input,
+                           outputs=a.outputs)
+
+    @property
+    def prep(self) -> Preprocessing:
+        """The evaluation preprocessing of the trials timed (resize and crop, or the padded canvas)."""
+        return Preprocessing.for_config(self.config(0))
 
     def model(self, pipeline: str, config: TrainConfig):
         torch.manual_seed(config.seed)
-        model = AlexNet(self.num_classes).to(self.device)
+        model = AlexNet(head_size(config, self.num_classes)).to(self.device)
         if pipeline == "baseline":
             return model, torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         if self.args.stack > 1:
@@ -237,7 +250,8 @@ class Bench:
             if pipeline == "baseline":
                 random.seed(config.seed * 1000 + epoch)
                 blobs = self.train_blobs[:len(train)]
-                loader = baseline_loader(blobs, train.labels, a.image_size, a.batch_size, True, epoch, a.workers, pin)
+                loader = baseline_loader(blobs, train.labels, a.image_size, a.batch_size, True, epoch, a.workers, pin,
+                                         a.input)
                 n_train = baseline_train(model, optimizer, loader, dev)
             elif isinstance(model, StackedAlexNet):
                 n_train = model.k * len(train)
@@ -252,13 +266,14 @@ class Bench:
             n_eval = 0
             for split, blobs in zip(self.evals, self.eval_blobs):
                 if pipeline == "baseline":
-                    loader = baseline_loader(blobs, split.labels, a.image_size, a.batch_size, False, 0, a.workers, pin)
+                    loader = baseline_loader(blobs, split.labels, a.image_size, a.batch_size, False, 0, a.workers, pin,
+                                             a.input)
                     n_eval += baseline_eval(model, loader, dev)
                 elif isinstance(model, StackedAlexNet):
-                    evaluate_stack(model, split, a.image_size, dev, self.num_classes)
+                    evaluate_stack(model, split, self.prep, dev, self.num_classes)
                     n_eval += model.k * len(split)
                 else:
-                    evaluate(model, split, a.image_size, dev, self.num_classes, "bf16" if a.bf16 else "fp32")
+                    evaluate(model, split, self.prep, dev, self.num_classes, "bf16" if a.bf16 else "fp32")
                     n_eval += len(split)
         sync(dev)
         t2 = time.perf_counter()
@@ -318,7 +333,7 @@ def breakdown(bench: Bench, repeats: int) -> None:
     config = bench.config(0)
     (model_b, sgd_b), (model_e, sgd_e) = bench.model("baseline", config), bench.model("engine", config)
     loader = baseline_loader(bench.train_blobs, bench.train.labels, a.image_size, a.batch_size, True, 0, a.workers,
-                             dev.type == "cuda")
+                             dev.type == "cuda", a.input)
     images = bench.train.images.to(dev)
     generator = torch.Generator().manual_seed(0)
     idx = torch.arange(a.batch_size, device=dev)
@@ -337,9 +352,9 @@ def breakdown(bench: Bench, repeats: int) -> None:
             forward_backward(model_e, sgd_e)
 
     parts = {
-        "baseline: PIL decode + resize + crop + flip + normalise per item, collate": lambda: next(iter(loader)),
+        "baseline: PIL decode + resize (or pad) + crop + flip + normalise per item, collate": lambda: next(iter(loader)),
         "engine: batched crop + flip + normalise of uint8 cache (grid_sample)":
-            lambda: train_batch(images[idx], a.image_size, generator),
+            lambda: train_batch(images[idx], a.image_size, generator, input=a.input),
         "baseline: zero_grad + forward + backward, gradients freshly mapped": lambda: forward_backward(model_b, sgd_b),
         "engine: zero_grad + forward + backward, retained heap" + (", NHWC" if dev.type == "cpu" else ""):
             forward_backward_retained,
@@ -405,7 +420,10 @@ def parse_args(argv=None):
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="batch size and image size of this train preset (explicit -b / --image-size win)")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="default 12 (the seed's), or the preset's")
-    p.add_argument("--image-size", type=int, default=None, help="default 224, or the preset's")
+    p.add_argument("--image-size", type=int, default=None, help="default the seed preset's (150), or the preset's")
+    p.add_argument("--input", default=None, choices=INPUTS,
+                   help="how a 64 px image becomes --image-size: resize (and crop) or pad (the black canvas the seed "
+                        "preset trains on); default the preset's (the seed's: pad)")
     p.add_argument("--workers", type=int, default=0, help="baseline DataLoader workers (default 0, as the seed)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     p.add_argument("--stack", type=int, default=1, metavar="K",
@@ -424,6 +442,8 @@ def parse_args(argv=None):
     shape = PRESETS[args.preset or "seed"]
     args.batch_size = args.batch_size or shape.batch_size
     args.image_size = args.image_size or shape.image_size
+    args.input = args.input or shape.input
+    args.outputs = shape.outputs
     for name in ("trials", "epochs", "steps", "batch_size", "stack"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
