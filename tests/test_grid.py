@@ -21,8 +21,8 @@ from alexnet_tiny import cli, runlog
 from alexnet_tiny.config import HYPERPARAMETERS, PRESETS, TrainConfig
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.data import load_dataset
-from alexnet_tiny.grid import (estimate_seconds, expand, grid_scheduler, grid_trials, load_grid_toml,
-                                measure_throughput, run_grid)
+from alexnet_tiny.estimate import estimate_seconds, measure_throughput, rate_key
+from alexnet_tiny.grid import expand, grid_scheduler, grid_trials, load_grid_toml, run_grid
 from alexnet_tiny.progress import format_duration
 from alexnet_tiny.results import RESULT_COLUMNS, best_row, collect_results, write_results
 from conftest import NARROW_ENV, run_cli
@@ -274,19 +274,20 @@ def test_the_estimate_counts_the_epochs_left(small_data, tmp_path):
     dataset = load_dataset(small_data, progress=False)
     stacks = [[c] for c in ESTIMATED]
     rates = {}
-    fresh = estimate_seconds(stacks, dataset, "cpu", tmp_path, rates=rates)
+    runs = runlog.run_folders(tmp_path, ESTIMATED)
+    fresh = estimate_seconds(stacks, dataset, "cpu", runs, rates=rates)
     assert len(rates) == 1  # both trials have one shape: measured once
     runlog.write_config(tmp_path / ESTIMATED[0].name(), {"epochs_done": 2, "status": runlog.STATUS_RUNNING})
-    assert estimate_seconds(stacks, dataset, "cpu", tmp_path, rates=rates) == pytest.approx(fresh * 4 / 6)
+    assert estimate_seconds(stacks, dataset, "cpu", runs, rates=rates) == pytest.approx(fresh * 4 / 6)
     planned = {ESTIMATED[1].name(): 1}  # ASHA's plan stops the second trial after epoch 1
-    assert estimate_seconds(stacks, dataset, "cpu", tmp_path, planned, rates) == pytest.approx(fresh * 2 / 6)
+    assert estimate_seconds(stacks, dataset, "cpu", runs, planned, rates) == pytest.approx(fresh * 2 / 6)
 
 
 def test_the_estimate_charges_each_driver_its_own_checkpoints(small_data):
     """The single driver writes a trial's checkpoints every epoch; the stacked engine every
     CHECKPOINT_SECONDS and at the end. With training itself free, checkpoints are all that is left."""
     dataset = load_dataset(small_data, progress=False)
-    free = {(32, 64, "resize", k, "fp32"): float("inf") for k in (1, 2)}
+    free = {rate_key(ESTIMATED[0], k, "fp32"): float("inf") for k in (1, 2)}  # training itself free
     single = estimate_seconds([[c] for c in ESTIMATED], dataset, "cpu", rates=free, engine="single")
     stacked = estimate_seconds([ESTIMATED], dataset, "cpu", rates=free, engine="stacked")
     assert single > 0

@@ -15,9 +15,11 @@ LAYERS = [
     ["__main__"],
     ["cli"],
     ["report", "predict"],   # read what training wrote (and a checkpoint); import no driver
+    ["page"],                # the report's page (index.html) and its list of figures
     ["published"],           # the original study's published table, beside ours
     ["figures"],
     ["grid"],                # presets, expansion, scheduling, resume
+    ["estimate"],            # a grid's duration, from real steps of the drivers' loop
     ["ray_backend"],         # a driver on a cluster: runs train.run_trials in each worker
     ["train"],               # a driver: one trial (and the entry point that picks the engine)
     ["engine"],              # a driver: a stack of trials
@@ -32,6 +34,7 @@ LAYERS = [
     ["asha", "config"],      # asha: the early-stopping rule (Ray Tune's ASHAScheduler, written out)
     ["device"],
     ["data"],
+    ["files"],               # folder locks and atomic writes
     ["allocator", "progress", "errors"],
     ["__init__"],            # the public API: re-exports only (imported by everything, imports from below)
 ]

@@ -247,9 +247,14 @@ def test_page_shows_everything(report, grid_dir):
 
 @pytest.mark.slow
 def test_samples_follow_the_seed(grid_dir, report, tmp_path):
+    """Also: what a report killed inside a figure's write left in its folder goes at the next report."""
     first = json.loads((report[0] / "report.json").read_text())["evaluation"]["samples"]
+    (tmp_path / "r").mkdir()
+    leftover = tmp_path / "r" / f".{FIGURES['top5']}.tmp-999999"
+    leftover.write_bytes(b"half a PNG")
     out = write_report(grid_dir, out=tmp_path / "r", samples=5, seed=1, progress=False, log=lambda m: None,
                        device="cpu")
+    assert not leftover.exists() and not list(out.glob(".*.tmp-*")) and not list(tmp_path.glob(".*.lock"))
     again = json.loads((out / "report.json").read_text())["evaluation"]["samples"]
     assert len(again) == 5 and [s["file"] for s in again] != [s["file"] for s in first[:5]]
     with Image.open(out / FIGURES["samples"]) as im:
@@ -535,7 +540,7 @@ def test_many_classes_make_figures_and_tables_a_person_can_read(tmp_path):
     """At 200 classes (the full Tiny ImageNet): no figure past 4,000 px, the extremes and the most
     confused pairs named, tables of pairs and sorted classes instead of a 200 x 200 grid."""
     from alexnet_tiny import figures
-    from alexnet_tiny.report import _confusion_html, _per_class_html
+    from alexnet_tiny.page import _confusion_html, _per_class_html
     k = 200
     confusion = np.diag(np.random.default_rng(0).integers(5, 50, k))
     confusion[3, 7], confusion[10, 2], confusion[150, 151] = 40, 30, 20  # the planted confusions

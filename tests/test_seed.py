@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from alexnet_tiny import published, runlog
-from alexnet_tiny.config import PRESETS, TrainConfig, head_size
+from alexnet_tiny.config import PRESETS, head_size
 from alexnet_tiny.data import load_dataset, prepare
 from alexnet_tiny.errors import UserError
 from alexnet_tiny.evaluate import evaluate, evaluate_checkpoint, evaluation
@@ -23,6 +23,8 @@ from alexnet_tiny.train import TrialState, train
 from alexnet_tiny.transforms import MEAN, STD, Preprocessing, eval_batch, normalize
 from alexnet_tiny.trial import epoch_batches, epoch_seed, lr_at
 from conftest import FAST, quiet, run_cli, stop_after
+
+GRIDS = Path(__file__).resolve().parents[1] / "grids"
 
 SEED = PRESETS["seed"]
 
@@ -135,7 +137,7 @@ def test_fewer_outputs_than_classes_are_refused():
 
 def test_the_grid_is_six_configurations_trained_twice():
     name, trials = grid_trials("seed")
-    assert name == "seed" and len(trials) == 12 and trials == grid_trials(config="grids/seed.toml")[1]
+    assert name == "seed" and len(trials) == 12 and trials == grid_trials(config=GRIDS / "seed.toml")[1]
     assert {(t.lr, t.momentum) for t in trials} == {(lr, m) for lr in (0.0001, 0.001, 0.005) for m in (0.9, 0.5)}
     assert {(t.gamma, t.seed) for t in trials} == {(0.1, 0), (0.01, 1)}  # the inert gamma, with its own start
     assert all(t.replace(lr=SEED.lr, momentum=SEED.momentum, gamma=SEED.gamma, seed=0) == SEED for t in trials)

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from . import __version__, runlog
-from .config import HYPERPARAMETERS, TYPES, preset
+from .config import DESCRIPTIONS, HYPERPARAMETERS, PRESET_PURPOSES, TYPES, preset
 from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
 from .asha import SCHEDULERS
 from .device import PRECISIONS, require_torch
 from .engine import ENGINES
-from .grid import BACKENDS
+from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, choices_help
 from .errors import UserError
 
 
@@ -30,29 +30,15 @@ def log(msg: str) -> None:
 
 def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--lr, --momentum, ..., --step-size); None = from the preset."""
-    helps = {"gamma": "StepLR decay factor", "step_size": "StepLR period in epochs",
-             "weight_decay": "on conv and linear weights, not biases",
-             "schedule": "step: StepLR(step size, gamma) once per epoch (the study's intent); constant: the rate "
-                         "never moves (what the study's code did: gamma had no effect); cosine: warmup, then cosine to 0",
-             "input": "how the 64 px image becomes --image-size: resize (resize and crop; random crops in training) or "
-                      "pad (centred on a black canvas, as the study's code; training only flips)",
-             "outputs": "outputs of the last layer: 0 (default) one per class; the study's code had 200 for 10 classes "
-                        "(predictions are the argmax over all of them)",
-             "warmup_epochs": "linear warmup epochs (cosine schedule)", "augment": "crop or rrc (random resized crop)",
-             "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
-             "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)",
-             "dropout": "dropout probability before FC1 and FC2 (default 0.5, the paper's)"}
     kinds = {"float": float, "int": int, "str": str}
     for name in HYPERPARAMETERS:
         flag = "--" + name.replace("_", "-")
         extra = ["-b"] if name == "batch_size" else []
         if TYPES[name] == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=DESCRIPTIONS[name])
         else:
-            p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=helps.get(name))
-    p.add_argument("--preset", default="seed", help="fills defaults: seed (the original study as its code ran), readme "
-                        "(the study's README reading: 224 px, StepLR(7)), quick (CPU minutes), recipe (modern training, "
-                        "GPU) or recipe-cpu (the recipe in half an hour on a 2-core laptop CPU)")
+            p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=DESCRIPTIONS[name])
+    p.add_argument("--preset", default="seed", help=f"fills defaults: {choices_help(PRESET_PURPOSES, 'seed')}")
 
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
@@ -215,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
-    p.add_argument("--preset", default=None, help="grid preset: quick (default; CPU minutes), seed (the original 12 trials, "
-                        "as its code ran: 6 configurations twice, since gamma had no effect) or recipe (the recipe's "
-                        "ablation over 3 seeds)")
+    p.add_argument("--preset", default=None, help=f"grid preset: {choices_help(GRID_PURPOSES, 'quick')}")
     p.add_argument("--config", default=None, help="TOML grid file (see grids/seed.toml); overrides --preset")
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
@@ -229,10 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, choices=SCHEDULERS,
                    help="asha: stop trials whose validation accuracy trails at rungs (epochs grace period x "
                         "reduction factor^k), as Ray Tune's ASHAScheduler (default: the preset's, else none)")
+    def asha_default(key: str) -> str:
+        presets = ", ".join(f"{v[key]:g} for --preset {name}" for name, v in GRID_SCHEDULERS.items())
+        return f"default {ASHA_DEFAULTS[key]:g}; {presets}"
     p.add_argument("--grace-period", type=int, default=None, metavar="EPOCHS",
-                   help="asha: epochs before the first rung (default 1)")
+                   help=f"asha: epochs before the first rung ({asha_default('grace_period')})")
     p.add_argument("--reduction-factor", type=float, default=None, metavar="F",
-                   help="asha: rung spacing, and the fraction 1/F of trials kept at each (default 2)")
+                   help=f"asha: rung spacing, and the fraction 1/F of trials kept at each "
+                        f"({asha_default('reduction_factor')})")
     p.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="start no epoch that would end after this much wall time (e.g. 300, 5m, 1.5h); the grid "
                         "ends resumable, with its results and report")

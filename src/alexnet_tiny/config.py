@@ -141,6 +141,28 @@ def coerce(d: dict, where: str) -> dict:
     return out
 
 
+# Each hyperparameter in a few words: the command line's help for its flag.
+DESCRIPTIONS = {
+    "lr": "learning rate (the peak of the cosine schedule)", "momentum": "SGD momentum",
+    "gamma": "StepLR decay factor", "step_size": "StepLR period in epochs",
+    "batch_size": "images per step", "epochs": "epochs to train",
+    "image_size": "the network's input size in pixels (the images are 64 x 64; at least 64)",
+    "weight_decay": "on conv and linear weights, not biases", "seed": "random seed: weights, order, crops, dropout",
+    "nesterov": "Nesterov momentum",
+    "schedule": "step: StepLR(step size, gamma) once per epoch (the study's intent); constant: the rate never moves "
+                "(what the study's code did: gamma had no effect); cosine: warmup, then cosine to 0",
+    "warmup_epochs": "linear warmup epochs (cosine schedule)",
+    "label_smoothing": "label smoothing of the cross-entropy (0 = off)",
+    "augment": "crop (resize and random crop) or rrc (random resized crop); both flip",
+    "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
+    "init": "starting weights: torch (PyTorch's defaults) or kaiming (He normal, scaled for this net)",
+    "dropout": "dropout probability before FC1 and FC2 (default 0.5, the paper's)",
+    "input": "how the 64 px image becomes --image-size: resize (resize and crop; random crops in training) or pad "
+             "(centred on a black canvas, as the study's code; training only flips)",
+    "outputs": "outputs of the last layer: 0 (default) one per class; the study's code had 200 for 10 classes "
+               "(predictions are the argmax over all of them)",
+}
+
 # Presets fill defaults; explicit flags override them.
 PRESETS: dict[str, TrainConfig] = {
     # The original study as its code ran (the authors' notebook): the 64 px image padded to 150 x 150,
@@ -170,6 +192,14 @@ PRESETS: dict[str, TrainConfig] = {
     "recipe-cpu": TrainConfig(lr=0.01, momentum=0.9, batch_size=64, epochs=26, image_size=96, weight_decay=5e-4,
                               nesterov=True, schedule="cosine", warmup_epochs=2, label_smoothing=0.1, augment="rrc",
                               crop_scale=0.35, init="kaiming"),
+}
+
+
+# What each preset is for, in a few words (the command line's help lists them from here).
+PRESET_PURPOSES = {
+    "seed": "the original study as its code ran", "readme": "the study's README reading: 224 px, StepLR(7)",
+    "quick": "CPU minutes", "recipe": "modern training, GPU",
+    "recipe-cpu": "the recipe in half an hour on a 2-core laptop CPU",
 }
 
 

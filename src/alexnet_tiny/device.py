@@ -6,6 +6,7 @@ import torch
 from .errors import UserError
 
 PRECISIONS = ("fp32", "bf16")
+LEGACY_PRECISION = "fp32"  # of runs and checkpoints recorded before the precision entry existed
 MIN_TORCH = (2, 4)  # fused SGD on the CPU (torch.optim.SGD(fused=True), the stacked engine's step) arrived in 2.4
 
 

@@ -34,15 +34,16 @@ from . import runlog
 from .allocator import retained_heap
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, head_size
-from .data import Dataset, folder_lock
+from .data import Dataset
+from .files import folder_lock
 from .device import autocast, free_memory, prepare_device
 from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
-from .model import AlexNet, dropout_mask, initial_alexnet
+from .model import AlexNet, dropout_mask, initial_alexnet, parameter_count
 from .runfolder import RunFolder, epoch_line
 from .transforms import Preprocessing, eval_batch
-from .trial import (UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update,
-                    stream_key)
+from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, last_epoch, load_momenta, lr_at,
+                    optimizer_state, sgd_groups, sgd_update, stream_key, train_step)
 
 ENGINES = ("auto", "stacked", "single")
 CHECKPOINT_SECONDS = 300.0
@@ -207,11 +208,7 @@ def train_stack_epoch(stack: StackedAlexNet, optimizer: StackedSGD, split, strea
     correct = torch.zeros(stack.k, device=device, dtype=torch.int64)
     start = time.perf_counter()
     for x, y, lam in epoch_batches(split, stream, device, epoch, progress):
-        out = stack(x)
-        losses = loss_fn(out, y, lam)
-        optimizer.zero_grad()
-        losses.sum().backward()
-        optimizer.step()
+        out, losses = train_step(stack, optimizer, loss_fn, x, y, lam)
         loss_sum += losses.detach() * len(y)
         correct += (out.argmax(-1) == y).sum(1)
     n = len(split)
@@ -252,9 +249,7 @@ def activation_bytes(config: TrainConfig, num_classes: int) -> int:
 
 def trial_bytes(config: TrainConfig, num_classes: int) -> int:
     """Device memory of one trial in a stack: weights, gradients, momenta and best weights, plus activations."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in AlexNet(head_size(config, num_classes)).parameters())
-    return 4 * 4 * params + activation_bytes(config, num_classes)
+    return 4 * 4 * parameter_count(head_size(config, num_classes)) + activation_bytes(config, num_classes)
 
 
 def stack_capacity(config: TrainConfig, num_classes: int, free_bytes: int) -> int:
@@ -378,9 +373,6 @@ def open_runs(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], de
     """Every trial's run folder; the records of those already finished (None for the others)."""
     engine = f"stacked ({len(configs)} trials)"
     folders = [RunFolder(c, dataset, Path(o), device, resume, log, engine, precision) for c, o in zip(configs, outs)]
-    for r in folders:
-        if r.finished:
-            log(f"{r.out}: already finished ({r.previous['status']}), nothing to do")
     return folders, [r.previous if r.finished else None for r in folders]
 
 
@@ -391,20 +383,27 @@ def train_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], 
     """Train trials that share one data stream (same stream_key, same epoch to resume from) together
     into their run folders, up to epoch `until` within `budget` (as `train`); returns their records,
     as config.json holds them."""
+    return run_stack(configs, dataset, outs, torch.device(device), resume,
+                     RunOptions(progress, log, callback, precision, until, budget), checkpoint_seconds)
+
+
+def run_stack(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device: torch.device, resume: bool,
+              options: RunOptions, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> list[dict]:
+    """`train_stack` with its options in one object (the drivers' and the grid's entry)."""
     if len({stream_key(c) for c in configs}) != 1:
         raise ValueError("train_stack: trials with different data streams cannot share a stack")
     with contextlib.ExitStack() as locks:
         for out in outs:
             locks.enter_context(folder_lock(out, "run folder"))
-        return _train_stack(configs, dataset, outs, torch.device(device), resume, progress, log, callback,
-                            checkpoint_seconds, precision, until, budget)
+        return _train_stack(configs, dataset, outs, device, resume, options, checkpoint_seconds)
 
 
-def _train_stack(configs, dataset, outs, device, resume, progress, log, callback, checkpoint_seconds, precision,
-                 until, budget) -> list[dict]:
-    """`train_stack`, once it holds its trials' run folders' locks."""
+def _train_stack(configs, dataset, outs, device, resume: bool, options: RunOptions,
+                 checkpoint_seconds: float) -> list[dict]:
+    """`run_stack`, once it holds its trials' run folders' locks."""
+    log, budget, callback = options.log, options.budget, options.callback
     dataset = dataset.to(device)  # resident on the device for the whole stack (a no-op on the CPU)
-    folders, records = open_runs(configs, dataset, outs, device, resume, log, precision)
+    folders, records = open_runs(configs, dataset, outs, device, resume, log, options.precision)
     todo = [i for i, r in enumerate(folders) if not r.finished]
     if not todo:
         return records
@@ -413,18 +412,15 @@ def _train_stack(configs, dataset, outs, device, resume, progress, log, callback
     prepare_device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    epochs = stack.runs[0].config.epochs
-    last = last_epoch(stack.runs[0].config, until)
+    last = last_epoch(stack.runs[0].config, options.until)
     t_start = last_save = time.perf_counter()
     for r in stack.runs:
         r.open()
     try:
-        for epoch in range(start, last + 1):
-            if not budget.allows_epoch():
-                break
+        for epoch in epochs_to_run(start, stack.runs[0].config, options.until, budget):
             t0 = time.perf_counter()
-            with autocast(device, precision):
-                tr, val, test = stack.train_epoch(epoch, progress)
+            with autocast(device, options.precision):
+                tr, val, test = stack.train_epoch(epoch, options.progress)
             seconds = time.perf_counter() - t0
             budget.spent(seconds)
             for k, record in stack.end_epoch(epoch, tr, val, test, seconds):
@@ -440,8 +436,7 @@ def _train_stack(configs, dataset, outs, device, resume, progress, log, callback
             if callback is not None:
                 callback(stack.runs[stack.live[0]].row)
         for k in stack.live:
-            run = stack.runs[k]
-            records[todo[k]] = run.finish() if run.epochs_done == epochs else run.record(runlog.STATUS_RUNNING)
+            records[todo[k]] = stack.runs[k].conclude()
     finally:
         for r in stack.runs:
             r.close()

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from .data import atomic_path  # noqa: E402
+from .files import atomic_path  # noqa: E402
 
 DPI = 110
 BEST_COLOUR = "#d62728"

@@ -104,3 +104,9 @@ def initial_alexnet(seed: int, num_classes: int, init: str = "torch", dropout: f
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(outputs: int) -> int:
+    """AlexNet's parameters with `outputs` outputs, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return count_parameters(AlexNet(outputs))

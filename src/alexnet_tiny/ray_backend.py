@@ -21,10 +21,11 @@ from . import runlog
 from .asha import Asha
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import UserError
+from .errors import UserError, exception_line
 from .progress import format_duration
-from .runfolder import record_failure, record_stop
+from .runfolder import record_failure, stop_at_rung
 from .train import run_trials
+from .trial import RunOptions
 
 INSTALL_HINT = "pip install 'alexnet-tiny[ray]'"
 MIN_RAY = (2, 41)  # ray.tune.report / ray.tune.RunConfig, the Tune-only API of Ray 2.41+
@@ -68,8 +69,8 @@ def train_trial(tune_config: dict, data_root: str, out: str, device: str, thread
     # reports is saved by then). The last epoch is reported once the run folder says done, so that a
     # decision at a trial's last epoch finds it done.
     last = []
-    run_trials([config], dataset, [run], device, progress=False, log=print,
-               callback=lambda row: last.append(row) if row["epoch"] == config.epochs else tune.report(row))
+    run_trials([config], dataset, [run], device, "single", RunOptions(
+        progress=False, callback=lambda row: last.append(row) if row["epoch"] == config.epochs else tune.report(row)))
     for row in last:
         tune.report(row)
 
@@ -108,18 +109,17 @@ def record_decision(out: Path, name: str, epoch: int, val_accuracy: float, reaso
         "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def restore_decisions(asha: Asha, trials: list[TrainConfig], out: Path, log) -> None:
+def restore_decisions(asha: Asha, trials: list[TrainConfig], out: Path, runs: dict[str, Path], log) -> None:
     """A resumed grid's ASHA state: the decisions asha.jsonl recorded, in their order; then, in grid
     order, those a kill kept from it (a rung a run folder reached without a recorded decision: judged
     now if the trial is still there, counted as gone on if it trained past it). A trial a recorded
     decision stopped is marked stopped if its run folder does not say so yet. Nothing is judged twice."""
-    runs = {t.name(): runlog.run_folder(out, t) for t in trials}
     for row in runlog.read_jsonl(out / runlog.DECISIONS_FILE):
         name, epoch = row["trial"], row["epoch"]
         if name in runs and epoch in asha.recorded and name not in asha.recorded[epoch]:
             asha.record(name, epoch, row["val_accuracy"])
             if row["decision"] == "stop":
-                stop_if_there(runs[name], epoch, row["reason"], log)
+                stop_at_rung(runs[name], epoch, row["reason"], log)
     for name, run in runs.items():
         done = runlog.epochs_done(run)
         for rung in asha.rungs:
@@ -133,15 +133,7 @@ def restore_decisions(asha: Asha, trials: list[TrainConfig], out: Path, log) -> 
                 reason = asha.judge(name, rung, value)
             record_decision(out, name, rung, value, reason)
             if reason:
-                stop_if_there(run, rung, reason, log)
-
-
-def stop_if_there(run: Path, epoch: int, reason: str, log) -> None:
-    """Mark a run stopped at `epoch` if it is still running there."""
-    rec = runlog.read_config(run) or {}
-    if rec.get("status") == runlog.STATUS_RUNNING and rec.get("epochs_done") == epoch:
-        record_stop(run, reason)
-        log(f"{run.name}: {reason}")
+                stop_at_rung(run, rung, reason, log)
 
 
 class BudgetStopper(TimeoutStopper):
@@ -161,10 +153,10 @@ class GridProgress(tune.Callback):
     the time left, from the epochs still to run and the rate at which this run has run them so far
     (all trials together, so it counts the trials running side by side)."""
 
-    def __init__(self, out: Path, todo: list[TrainConfig], progress: bool, log, stops: dict | None = None):
-        self.out, self.total, self.progress, self.log = out, len(todo), progress, log
+    def __init__(self, runs: dict[str, Path], todo: list[TrainConfig], progress: bool, log, stops: dict | None = None):
+        self.runs, self.total, self.progress, self.log = runs, len(todo), progress, log
         self.stops = {} if stops is None else stops  # trial -> (epoch, reason) where the scheduler stopped it
-        self.done_before = {t.name(): runlog.epochs_done(runlog.run_folder(out, t)) for t in todo}
+        self.done_before = {t.name(): runlog.epochs_done(runs[t.name()]) for t in todo}
         self.epochs_left = {t.name(): t.epochs - self.done_before[t.name()] for t in todo}
         self.finished, self.epochs_run, self.start = 0, 0, time.time()
         self.user_errors: list[str] = []  # "name: message" of UserErrors raised inside trials
@@ -181,14 +173,14 @@ class GridProgress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = trial_name(trial)
-        rec = runlog.read_config(self.out / name)
+        rec = runlog.read_config(self.runs[name])
         if rec is None:
             self.unseen.append(name)
             status = "finished on a worker, but its run folder is not visible here"
         else:
             epoch, reason = self.stops.get(name, (None, None))
-            if rec["status"] == runlog.STATUS_RUNNING and rec["epochs_done"] == epoch:  # ASHA stopped it
-                rec = record_stop(self.out / name, reason)
+            if epoch is not None:  # ASHA stopped it
+                rec = stop_at_rung(self.runs[name], epoch, reason) or rec
             status = rec["status"] + (f" ({rec['reason']})" if rec.get("reason") else "")
             if rec.get("best_val_accuracy") is not None:
                 status += f", best val {rec['best_val_accuracy']:.3f}"
@@ -200,7 +192,7 @@ class GridProgress(tune.Callback):
         if user_error:
             self.user_errors.append(f"{name}: {message}")
         else:  # the worker died (node lost, out of memory) before run_trials could record it
-            record_failure(TrainConfig.from_dict(trial.config["trial"]["config"]), self.out / name, message)
+            record_failure(TrainConfig.from_dict(trial.config["trial"]["config"]), self.runs[name], message)
         self._finished(name, f"error: {message}")
 
     def _finished(self, name: str, what: str) -> None:
@@ -225,8 +217,7 @@ def trial_error_message(trial) -> tuple[str, bool]:
     if isinstance(cause, UserError):
         message = str(cause)
     elif isinstance(cause, BaseException):
-        text = str(cause).strip()
-        message = f"{cause.__class__.__name__}: {text.splitlines()[0] if text else ''}"
+        message = exception_line(cause)
     else:
         message = next((line for line in str(cause).splitlines()[::-1] if line.strip()), "unknown error")
     return message, isinstance(cause, UserError)
@@ -296,11 +287,13 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, local: bool, l
             log(f"warning: {message}; the trials wait until one joins the cluster")
 
 
-def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path | str, address: str | None = None,
+def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path | str, runs: dict[str, Path],
+                      address: str | None = None,
                       cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True,
                       log=print, asha: Asha | None = None, trials: list[TrainConfig] | None = None,
                       time_budget: float | None = None, max_concurrent: int | None = None) -> bool:
-    """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out`, at most
+    """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out` (their run folders:
+    `runs`, by trial name), at most
     `max_concurrent` at a time (None: as many as the cluster's resources hold).
     Trial outcomes are in the run folders (as with the local backend); a trial whose worker died is
     recorded as failed; a UserError inside trials (e.g. a data folder a node cannot see) is raised here.
@@ -311,12 +304,12 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
     time_budget: seconds, Tune's own time-budget stopper (the trials left running continue on --resume).
     Returns True when the time budget ended the run before its trials did."""
     out, data_root = Path(out).resolve(), Path(data_root).resolve()  # workers run in other directories
+    runs = {name: out / run.name for name, run in runs.items()}
     scheduler = None
     if asha is not None:
-        restore_decisions(asha, trials or todo, out, log)
+        restore_decisions(asha, trials or todo, out, runs, log)
         scheduler = AshaScheduler(asha, out)
-        todo = [t for t in todo if (runlog.read_config(runlog.run_folder(out, t)) or {}).get("status")
-                not in runlog.FINISHED]
+        todo = runlog.unfinished(todo, runs)
     if not todo:
         return False
     device = "cuda" if gpus_per_trial > 0 else "cpu"
@@ -326,7 +319,7 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
             tune.with_parameters(train_trial, data_root=str(data_root), out=str(out), device=device,
                                  threads=max(1, int(cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        progress_cb = GridProgress(out, todo, progress, log, scheduler.stops if scheduler else None)
+        progress_cb = GridProgress(runs, todo, progress, log, scheduler.stops if scheduler else None)
         stopper = BudgetStopper(time_budget) if time_budget is not None else None
         tuner = tune.Tuner(
             trainable,
@@ -339,7 +332,7 @@ def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path 
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
         t0 = time.time()
         tuner.fit()
-    statuses = [(runlog.read_config(runlog.run_folder(out, t)) or {}).get("status", "no run folder") for t in todo]
+    statuses = [(runlog.read_config(runs[t.name()]) or {}).get("status", "no run folder") for t in todo]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     log(f"ray: {len(todo)} trial{'s' * (len(todo) != 1)} in {time.time() - t0:.0f}s: {counts}")
     if progress_cb.user_errors:

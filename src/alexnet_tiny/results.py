@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import runlog
 from .config import HYPERPARAMETERS, TrainConfig, describe
-from .data import atomic_path
+from .files import atomic_path
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
 # A trial's results as its config.json records them (runfolder.py decides the best epoch, once: the
@@ -33,11 +33,13 @@ def format_value(v, key: str | None = None) -> str:
     return str(v)
 
 
-def collect_results(out: Path, trials: list[TrainConfig]) -> list[dict]:
-    """One row per trial of a grid folder, from each run folder's config.json."""
+def collect_results(out: Path, trials: list[TrainConfig], runs: dict[str, Path] | None = None) -> list[dict]:
+    """One row per trial of a grid folder, from each run folder's config.json (`runs`: the grid's
+    runlog.run_folders, when the caller has it)."""
+    runs = runs or runlog.run_folders(out, trials)
     rows = []
     for t in trials:
-        run = runlog.run_folder(out, t)
+        run = runs[t.name()]
         rows.append({"trial": run.name, **t.to_dict(), **run_metrics(runlog.read_config(run))})
     return rows
 
@@ -103,6 +105,11 @@ def seed_groups(rows: list[dict]) -> list[dict]:
             values = [run[key] for run in g["runs"]]
             g[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
     return list(groups.values())
+
+
+def compares_configurations(groups: list[dict]) -> bool:
+    """Worth a configurations table and figure: more than one configuration, or one over seeds."""
+    return len(groups) > 1 or any(len(g["runs"]) > 1 for g in groups)
 
 
 def format_spread(stat: dict, percent: bool = True) -> str:

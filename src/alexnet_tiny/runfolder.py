@@ -16,7 +16,9 @@ from pathlib import Path
 from . import runlog
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .data import Dataset, atomic_torch_save, dataset_identity, identity_difference
+from .data import LEGACY_SPLIT, Dataset, identity_difference
+from .device import LEGACY_PRECISION
+from .files import atomic_torch_save, remove_stale_temporaries
 from .errors import UserError
 from .evaluate import Evaluation
 from .transforms import Preprocessing
@@ -29,7 +31,7 @@ def checkpoint_dict(state_dict: dict, epoch: int, config: TrainConfig, dataset: 
     """The checkpoint format (checkpoint.py reads it): best.pt leaves out the optimizer."""
     ckpt = {
         "model": state_dict, "epoch": epoch, "config": config.to_dict(), "best": dict(best),
-        "classes": {"wnids": dataset.wnids, "names": dataset.names}, "dataset": dataset_identity(dataset.meta),
+        "classes": {"wnids": dataset.wnids, "names": dataset.names}, "dataset": dataset.identity(),
         "preprocessing": Preprocessing.for_config(config).to_dict(),
         "precision": precision, "elapsed_seconds": elapsed,
     }
@@ -44,7 +46,7 @@ def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best:
     record = {
         "config": config.to_dict(), "name": config.name(), "device": str(device), "engine": engine,
         "precision": precision, "status": status,
-        "dataset": {"root": str(dataset.root), "names": dataset.names, **dataset_identity(dataset.meta)},
+        "dataset": {"root": str(dataset.root), "names": dataset.names, **dataset.identity()},
         "epochs_done": epochs_done,  # the best values are None until an epoch finished
         "best_val_accuracy": best["val_accuracy"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
         "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
@@ -63,13 +65,18 @@ def record_failure(config: TrainConfig, run: Path, reason: str) -> dict:
     return rec
 
 
-def record_stop(run: Path, reason: str) -> dict:
-    """Mark a trial stopped early (by the grid's scheduler) after its last checkpointed epoch: its
-    epochs, checkpoints and logs stay as they are, so it is read like any finished trial."""
-    rec = runlog.read_config(run)
+def stop_at_rung(run: Path, epoch: int, reason: str, log=None) -> dict | None:
+    """Mark a trial stopped early by the grid's scheduler if it is still running at `epoch` (its last
+    checkpointed epoch); returns its record then, else None (it went on, ended, or was stopped before).
+    Its epochs, checkpoints and logs stay as they are, so it is read like any finished trial."""
+    rec = runlog.read_config(run) or {}
+    if rec.get("status") != runlog.STATUS_RUNNING or rec.get("epochs_done") != epoch:
+        return None
     rec.update(status=runlog.STATUS_STOPPED, reason=reason)
-    runlog.append_metrics(run, {"epoch": rec["epochs_done"], "status": runlog.STATUS_STOPPED, "reason": reason})
+    runlog.append_metrics(run, {"epoch": epoch, "status": runlog.STATUS_STOPPED, "reason": reason})
     runlog.write_config(run, rec)
+    if log is not None:
+        log(f"{Path(run).name}: {reason}")
     return rec
 
 
@@ -82,13 +89,14 @@ def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: b
     if TrainConfig.from_dict(previous["config"], str(out / runlog.CONFIG_FILE)) != config:
         raise UserError(f"{out}: holds a run with other hyperparameters ({previous['name']}); "
                         f"resume it with the same flags or choose another --out")
-    if previous.get("precision", "fp32") != precision:
-        raise UserError(f"{out}: its epochs were trained in {previous.get('precision', 'fp32')}; resume it with "
-                        f"--precision {previous.get('precision', 'fp32')} (not {precision}), or choose another --out")
+    trained_in = previous.get("precision", LEGACY_PRECISION)
+    if trained_in != precision:
+        raise UserError(f"{out}: its epochs were trained in {trained_in}; resume it with "
+                        f"--precision {trained_in} (not {precision}), or choose another --out")
     recorded = previous.get("dataset") or {}
-    if "split" not in recorded and "seed" in recorded:  # records from before the split choice: hashed
-        recorded = {**recorded, "split": "hash"}
-    difference = identity_difference(recorded, dataset_identity(dataset.meta))
+    if "split" not in recorded and "seed" in recorded:  # records from before the split choice
+        recorded = {**recorded, "split": LEGACY_SPLIT}
+    difference = identity_difference(recorded, dataset.identity())
     if difference:
         raise UserError(f"{out}: cannot resume on {dataset.root}: {difference}; resume it with the "
                         f"dataset it started on (--data {recorded.get('root', '?')})")
@@ -113,6 +121,8 @@ class RunFolder:
         self.engine, self.precision = engine, precision
         self.previous = _check_resumable(self.out, config, dataset, resume, precision)
         self.finished = self.previous is not None and self.previous["status"] in runlog.FINISHED
+        if self.finished:
+            log(f"{self.out}: already finished ({self.previous['status']}), nothing to do")
         self.best = self.best_on_disk = dict(NO_BEST)
         self.start_epoch, self.elapsed, self.final_train_loss = 1, 0.0, None
         self.last_on_disk = 0  # the epoch last.pt holds
@@ -144,8 +154,7 @@ class RunFolder:
     def open(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
         self.out.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.glob(".*.tmp-*"):  # a checkpoint half-written when a previous run was killed
-            stale.unlink()
+        remove_stale_temporaries(self.out)  # a checkpoint half-written when a previous run was killed
         runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
         # purge_step drops any scalars an interrupted run wrote past its last checkpoint (even if it has none)
         self.writer = SummaryWriter(str(self.out), purge_step=self.start_epoch if self.previous is not None else None)
@@ -207,6 +216,11 @@ class RunFolder:
         runlog.write_config(self.out, final)
         self.log(f"diverged: {reason} ({self.out.name})")
         return final
+
+    def conclude(self) -> dict:
+        """The record at the end of a training call: done after the trial's last epoch, else still
+        running (a rung, a time budget or a divergence of its stack mates ended the call)."""
+        return self.finish() if self.epochs_done == self.config.epochs else self.record(runlog.STATUS_RUNNING)
 
     def finish(self) -> dict:
         final = self.record(runlog.STATUS_DONE)

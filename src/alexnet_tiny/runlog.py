@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .data import atomic_path, write_json
+from .files import atomic_path, write_json
 from .errors import UserError
 
 CONFIG_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT = "config.json", "metrics.jsonl", "last.pt", "best.pt"
@@ -39,6 +39,16 @@ def run_folder(out: Path | str, config) -> Path:
     version made the folder (it resumes there)."""
     path, legacy = Path(out) / config.name(), Path(out) / config.legacy_name()
     return legacy if legacy.is_dir() and not path.exists() else path
+
+
+def run_folders(out: Path | str, configs) -> dict[str, Path]:
+    """Every trial's run folder in a grid folder, by trial name: looked up once per grid."""
+    return {c.name(): run_folder(out, c) for c in configs}
+
+
+def unfinished(configs, runs: dict[str, Path]) -> list:
+    """The trials whose run folder (in `runs`, by name) does not say done, diverged or stopped."""
+    return [c for c in configs if (read_config(runs[c.name()]) or {}).get("status") not in FINISHED]
 
 
 def read_config(run: Path) -> dict | None:

@@ -18,16 +18,18 @@ import torch
 
 from .allocator import retained_heap
 from .config import TrainConfig, head_size
-from .data import Dataset, Split, ensure_dataset, folder_lock
+from .data import Dataset, Split, ensure_dataset
+from .files import folder_lock
 from .device import autocast, check_precision, prepare_device, resolve_device
-from .engine import resolve_engine, train_stack
-from .errors import UserError
+from .engine import resolve_engine, run_stack
+from .errors import UserError, exception_line
 from .evaluate import evaluate
 from .model import initial_alexnet
-from .runlog import STATUS_RUNNING, run_folder
+from .runlog import run_folder
 from .runfolder import RunFolder, epoch_line, record_failure
 from .transforms import Preprocessing
-from .trial import UNLIMITED, Budget, TrialLosses, epoch_batches, last_epoch, load_momenta, lr_at, optimizer_state, sgd_step
+from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, load_momenta, lr_at,
+                    optimizer_state, sgd_step, train_step)
 
 
 # The layout the CPU trains in: oneDNN's convs are faster on NHWC weights (~12% of a 224 px step).
@@ -46,6 +48,7 @@ class TrialState:
                                      config.dropout).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
+        self.set_epoch(0)
 
     def load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -56,9 +59,15 @@ class TrialState:
         self.momenta = [m if m.stride() == p.stride() else torch.empty_like(p).copy_(m)
                         for p, m in zip(self.model.parameters(), self.momenta)]
 
-    def step(self, lr: float) -> None:
+    def set_epoch(self, epoch_index: int) -> None:
+        """The learning rate of the steps that follow: that of epoch `epoch_index` (0-based)."""
+        self.lr = lr_at(self.config, epoch_index)
+
+    def step(self, lr: float | None = None) -> None:
+        """One SGD step at `lr`, by default the rate `set_epoch` chose."""
         params = list(self.model.parameters())
-        sgd_step(self.names, params, [p.grad for p in params], self.momenta, self.config, lr)
+        sgd_step(self.names, params, [p.grad for p in params], self.momenta, self.config,
+                 self.lr if lr is None else lr)
 
     def zero_grad(self) -> None:
         for p in self.model.parameters():
@@ -75,18 +84,14 @@ def train_one_epoch(state: TrialState, split: Split, device, epoch: int, progres
     on_cpu = torch.device(device).type == "cpu"
     if on_cpu:
         state.layout(CPU_TRAINING_LAYOUT)
-    lr = lr_at(config, epoch - 1)
+    state.set_epoch(epoch - 1)
     loss_fn = TrialLosses([config.label_smoothing])
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     start = time.perf_counter()
     for x, y, lam in epoch_batches(split, config, device, epoch, progress):
-        out = model(x)
-        loss = loss_fn(out.unsqueeze(0), y, lam)[0]
-        state.zero_grad()
-        loss.backward()
-        state.step(lr)
-        loss_sum += loss.detach() * len(y)
+        out, losses = train_step(model, state, loss_fn, x, y, lam)
+        loss_sum += losses[0].detach() * len(y)
         correct += (out.argmax(1) == y).sum()
     if on_cpu:  # evaluation and checkpoints see the usual layout (the momenta are not used there)
         model.to(memory_format=torch.contiguous_format)
@@ -107,23 +112,22 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     config.validate()
     dev = resolve_device(device)
     check_precision(precision)
-    dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress)
+    dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress, log=log)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else run_folder("runs", config)
+    options = RunOptions(progress, log, callback, precision, until, budget)
     if resolve_engine(engine, dev, log) == "stacked":
-        return train_stack([config], dataset, [out], device=dev, resume=resume, progress=progress, log=log,
-                           callback=callback, precision=precision, until=until, budget=budget)[0]
+        return run_stack([config], dataset, [out], dev, resume, options)[0]
     with folder_lock(out, "run folder"):
-        return train_single(config, dataset, out, dev, resume, progress, log, callback, precision, until, budget)
+        return train_single(config, dataset, out, dev, resume, options)
 
 
-def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: bool, progress: bool, log, callback,
-                 precision: str, until: int | None, budget: Budget) -> dict:
+def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: bool, options: RunOptions) -> dict:
     """`train` on the single-trial loop, once it holds the run folder's lock."""
     prepare_device(dev)
-    run = RunFolder(config, dataset, out, dev, resume, log, "single", precision)
+    progress, precision, callback = options.progress, options.precision, options.callback
+    run = RunFolder(config, dataset, out, dev, resume, options.log, "single", precision)
     if run.finished:
-        log(f"{out}: already finished ({run.previous['status']}), nothing to do")
         return run.previous
     state = TrialState(config, dataset.num_classes, dev)
     ckpt = run.resume_checkpoint()
@@ -132,9 +136,7 @@ def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: 
         del ckpt
     run.open()
     try:
-        for epoch in range(run.start_epoch, last_epoch(config, until) + 1):
-            if not budget.allows_epoch():
-                break
+        for epoch in epochs_to_run(run.start_epoch, config, options.until, options.budget):
             t0 = time.perf_counter()
             with autocast(dev, precision):
                 tr = train_one_epoch(state, dataset.splits["train"], dev, epoch, progress)
@@ -143,32 +145,31 @@ def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: 
             val, test = (evaluate(state.model, dataset.splits[s], Preprocessing.for_config(config), dev,
                                   dataset.num_classes, precision) for s in ("val", "test"))
             seconds = time.perf_counter() - t0
-            budget.spent(seconds)
+            options.budget.spent(seconds)
             if run.end_epoch(epoch, tr, val, test, lr_at(config, epoch - 1), seconds):
                 run.save_best(state.model.state_dict())
             run.save_last(state.model.state_dict(), state.optimizer_state(run.epochs_done))
-            log(epoch_line(epoch, config, tr, val, test, seconds))
+            options.log(epoch_line(epoch, config, tr, val, test, seconds))
             if callback is not None:
                 callback(run.row)
-        return run.finish() if run.epochs_done == config.epochs else run.record(STATUS_RUNNING)
+        return run.conclude()
     finally:
         run.close()
 
 
-def run_trials(configs: list[TrainConfig], dataset: Dataset | Path | str, outs: list[Path], device, progress: bool,
-               log=print, callback=None, engine: str = "single", precision: str = "fp32", until: int | None = None,
-               budget: Budget = UNLIMITED) -> list[dict]:
+def run_trials(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], device, engine: str,
+               options: RunOptions) -> list[dict]:
     """The trials of one stack (engine "stacked") or one trial alone, resumed where they are, up to
-    epoch `until` within `budget`; a crash marks them failed instead of stopping the grid."""
+    epoch `options.until` within `options.budget`; a crash marks them failed instead of stopping the grid."""
     try:
         if engine == "stacked":
-            return train_stack(configs, dataset, outs, device, resume=True, progress=progress, log=log,
-                               callback=callback, precision=precision, until=until, budget=budget)
-        return [train(configs[0], data=dataset, out=outs[0], device=str(device), resume=True, progress=progress,
-                      log=log, callback=callback, engine="single", precision=precision, until=until, budget=budget)]
+            return run_stack(configs, dataset.to(device), outs, torch.device(device), True, options)
+        o = options
+        return [train(configs[0], dataset, outs[0], str(device), resume=True, progress=o.progress, log=o.log,
+                      callback=o.callback, engine="single", precision=o.precision, until=o.until, budget=o.budget)]
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
-        reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        log(f"trial {', '.join(c.name() for c in configs)} failed: {reason}")
+        reason = exception_line(e)
+        options.log(f"trial {', '.join(c.name() for c in configs)} failed: {reason}")
         return [record_failure(c, out, reason) for c, out in zip(configs, outs)]

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import INPUTS
+from .data import CACHE_SIZE as IMAGE_SIZE  # the decoded images' size
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 64  # the decoded images' size (data.CACHE_SIZE)
 
 
 def resize_size(image_size: int) -> int:

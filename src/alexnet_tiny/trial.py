@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -90,11 +92,33 @@ def epoch_batches(split: Split, config: TrainConfig, device, epoch: int, progres
         yield x, labels[idx], lam
 
 
+# ----------------------------------------------------------------------------- one step
+
+def train_step(model, optimizer, loss_fn: "TrialLosses", x: torch.Tensor, y: torch.Tensor, lam: float):
+    """One training step of every trial in `model` (a plain AlexNet is a stack of one): forward, each
+    trial's loss, backward of their sum (trials share no weights, so each gets its own gradients),
+    the SGD step. Returns (logits, losses), the logits as the model gives them."""
+    out = model(x)
+    losses = loss_fn(out if out.dim() == 3 else out.unsqueeze(0), y, lam)
+    optimizer.zero_grad()
+    losses.sum().backward()
+    optimizer.step()
+    return out, losses
+
+
 # ----------------------------------------------------------------------------- how far a call trains
 
 def last_epoch(config: TrainConfig, until: int | None) -> int:
     """The epoch a training call ends after: the trial's last, or `until` (a grid scheduler's rung)."""
     return config.epochs if until is None else min(config.epochs, until)
+
+
+def epochs_to_run(start: int, config: TrainConfig, until: int | None, budget: "Budget"):
+    """The epochs a training call runs, from `start` to `last_epoch`, each only if `budget` allows it."""
+    for epoch in range(start, last_epoch(config, until) + 1):
+        if not budget.allows_epoch():
+            return
+        yield epoch
 
 
 class Budget:
@@ -116,6 +140,20 @@ class Budget:
 
 
 UNLIMITED = Budget(None)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training call runs, beside what it trains (the same for every trial of a call): progress
+    bars, where log lines go, `callback(row)` after each epoch (the Ray backend reports through it),
+    the precision, the epoch `until` which it trains (a grid scheduler's rung; None: the last) and the
+    time `budget` (the grid's --time-budget)."""
+    progress: bool = True
+    log: Callable[[str], None] = print
+    callback: Callable[[dict], None] | None = None
+    precision: str = "fp32"
+    until: int | None = None
+    budget: Budget = UNLIMITED
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -189,7 +227,13 @@ def sgd_update(params: list[torch.Tensor], grads: list[torch.Tensor], momenta: l
                config: TrainConfig, lr: float, weight_decay: float) -> None:
     """torch.optim.SGD's fused update in place (dampening 0) with the trial's momentum and nesterov.
     `momenta` start as zeros, which gives the first step's buffer = gradient exactly, as
-    torch.optim.SGD's lazily created ones."""
+    torch.optim.SGD's lazily created ones.
+
+    Why not a torch.optim.SGD object: the stacked engine updates K trials' slices of one stacked
+    tensor, each with its own lr, momentum and decay, and the single loop keeps its momenta in the
+    training layout beside the weights; an optimizer object owns whole parameters and its own state.
+    This is the function `SGD.step` itself calls (an entry point torch does not document), so the one
+    call is here, and tests/test_trial.py checks it against torch.optim.SGD on the installed torch."""
     _functional_sgd(params, grads, momenta, fused=True, weight_decay=weight_decay, momentum=config.momentum, lr=lr,
                     dampening=0.0, nesterov=config.nesterov, maximize=False)
 

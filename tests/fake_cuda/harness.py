@@ -37,7 +37,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-from alexnet_tiny import device, model, runfolder, trial  # noqa: E402
+from alexnet_tiny import device, model, runfolder, runlog, trial  # noqa: E402
 from alexnet_tiny.config import PRESETS  # noqa: E402
 from alexnet_tiny.data import load_dataset  # noqa: E402
 
@@ -45,6 +45,7 @@ train_mod = importlib.import_module("alexnet_tiny.train")  # the module (the pac
 evaluate_mod = importlib.import_module("alexnet_tiny.evaluate")
 engine = importlib.import_module("alexnet_tiny.engine")
 grid = importlib.import_module("alexnet_tiny.grid")
+estimate = importlib.import_module("alexnet_tiny.estimate")
 aten = torch.ops.aten
 CUDA = torch.device("cuda")
 
@@ -138,7 +139,7 @@ def stand_ins() -> None:
                 EVENTS.step = EVENTS.steps
         finally:  # also when the consumer stops early (the throughput probe's few steps)
             EVENTS.step = None
-    train_mod.epoch_batches = engine.epoch_batches = grid.epoch_batches = numbered_batches
+    train_mod.epoch_batches = engine.epoch_batches = estimate.epoch_batches = numbered_batches
 
 
 def checked_fused_sgd(params, grads, momenta, **kwargs) -> None:
@@ -207,9 +208,10 @@ def resume(data, out):
 def planner(data, out):
     """The grid's stacks and its estimate on the device."""
     trials = [QUICK.replace(lr=lr) for lr in (0.001, 0.004, 0.016)]
-    groups = grid.plan_groups(trials, out, data, CUDA, "stacked", None)
-    seconds = grid.estimate_seconds(groups, data, CUDA, out, engine="stacked")
-    bf16 = grid.estimate_seconds(groups, data, CUDA, out, engine="stacked", precision="bf16")
+    runs = runlog.run_folders(out, trials)
+    groups = grid.plan_groups(trials, runs, data, CUDA, "stacked", None)
+    seconds = estimate.estimate_seconds(groups, data, CUDA, runs, engine="stacked")
+    bf16 = estimate.estimate_seconds(groups, data, CUDA, runs, engine="stacked", precision="bf16")
     return [len(groups), len(groups[0]), seconds > 0, bf16 > 0]
 
 
