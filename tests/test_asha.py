@@ -3,6 +3,7 @@ Tune's own, stopped trials in the run folders and results, resume after Ctrl-C e
 uninterrupted grid, and a budget that ends a grid resumable."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -149,10 +150,10 @@ def test_a_resumed_asha_grid_equals_an_uninterrupted_one(asha_grid, small_data, 
 
     original = grid_module.run_trials
 
-    def interrupt_third(group, *args, **kwargs):
+    def interrupt_third(group, dataset, outs, device, engine, options):
         if third in group:
-            kwargs["callback"] = stop_after(1)
-        return original(group, *args, **kwargs)
+            options = dataclasses.replace(options, callback=stop_after(1))
+        return original(group, dataset, outs, device, engine, options)
 
     grid_module.run_trials = interrupt_third
     try:

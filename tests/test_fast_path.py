@@ -121,9 +121,9 @@ class DefaultSGD(TrialState):
     def layout(self, memory_format):
         self.model.to(memory_format=memory_format)
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float | None = None) -> None:
         for g in self.sgd.param_groups:
-            g["lr"] = lr
+            g["lr"] = self.lr if lr is None else lr
         self.sgd.step()
 
 

@@ -53,6 +53,14 @@ def report(grid_dir):
     return out, logs
 
 
+def test_the_report_lines_of_the_readmes_sample_are_todays(report):
+    """The report's lines in README.md's main-job output have the format of what the report logs today."""
+    from test_docs import README_JOB, ROOT, output_block, output_shape
+    sample = [line for line in output_block(ROOT / "README.md", README_JOB) if line.startswith("report: ")]
+    assert len(sample) == 2
+    assert {output_shape(line) for line in sample} <= {output_shape(line) for line in report[1]}
+
+
 def metrics_from_jsonl(run: Path) -> dict:
     """The row the table should hold, computed here from metrics.jsonl (not from TensorBoard)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -566,15 +574,25 @@ def test_many_classes_make_figures_and_tables_a_person_can_read(tmp_path):
     assert [name for _, name in listed] == [names[i] for i in ranked] and listed[0][0] == "1"
 
 
-def test_each_image_and_its_mirror_go_through_the_network_once(grid_dir, small_data):
-    """The report's plain and flip-averaged logits, from two forward passes of each image, not three."""
-    from alexnet_tiny.evaluate import SavedModel
-    name = json.loads((grid_dir / "grid.json").read_text())["trials"][0]["name"]
-    saved = SavedModel(grid_dir / name / "best.pt")
-    images = load_dataset(small_data, progress=False).splits["test"].images
+def test_each_image_and_its_mirror_go_through_the_network_once(grid_dir, small_data, monkeypatch):
+    """The report's evaluation of the best checkpoint, counted: the model it builds sees each test and
+    official-val image twice (plain and mirrored, one pass each), plus the Grad-CAM images, nothing more."""
+    import importlib
+    evaluate_module = importlib.import_module("alexnet_tiny.evaluate")  # the module (the package exports a function)
+    from alexnet_tiny.report import evaluate_best
+    from alexnet_tiny.results import best_row
+    trials = [load_trial(t, []) for t in find_all_trials([grid_dir])]
     seen = []
-    handle = saved.model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    plain, flipped = saved.logits_with_flip(images)
-    handle.remove()
-    assert sum(seen) == 2 * len(images)
-    assert torch.equal(plain, saved.logits(images)) and torch.equal(flipped, saved.logits(images, flip=True))
+    build = evaluate_module.model_from_checkpoint
+
+    def counted(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+        return model
+    monkeypatch.setattr(evaluate_module, "model_from_checkpoint", counted)
+    best = best_row([trial_row(t) for t in trials])
+    trial = next(t for t in trials if t.name == best["trial"])
+    missing = []
+    ev = evaluate_best(trial, small_data, 24, 0, "cpu", False, missing)  # what write_report runs on best.pt
+    assert not missing and ev["official_val"]["images"] > 0 and ev["cam"]
+    assert sum(seen) == 2 * ev["test"]["images"] + 2 * ev["official_val"]["images"] + len(ev["cam"])

@@ -34,14 +34,14 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
     shuffled across classes, as an epoch; a batch of one class, trained on again and again, soon has
     gradients so small that denormal arithmetic slows the step several times), the device policy set
     first, warm-up steps not timed, under the run's precision. With stack > 1, trial-images per second
-    of that many trials stacked by the engine. Default steps: 5 on the CPU, each timed alone and the
-    median taken (one step slowed by another process must not set the whole grid's estimate: a mean of
-    3 steps once put a 200-class grid at 30 minutes that took 22); 20 on a GPU, timed together (its
-    steps are short, and a sync after each would slow them)."""
+    of that many trials stacked by the engine. Default steps: 3 on the CPU, each timed alone and the
+    median taken (one step slowed by another process must not set the whole grid's estimate: their mean
+    once put a 200-class grid at 30 minutes that took 22); 20 on a GPU, timed together (its steps are
+    short, and a sync after each would slow them)."""
     dev = torch.device(device)
     prepare_device(dev)
     warmup = 1 if dev.type == "cpu" else 3  # cuDNN's algorithm search happens in the first steps
-    steps = steps or (5 if dev.type == "cpu" else 20)
+    steps = steps or (3 if dev.type == "cpu" else 20)
     if stack > 1:
         model = StackedAlexNet(AlexNet(head_size(config, dataset.num_classes)), stack, dev)
         optimizer = StackedSGD(model, [config] * stack)
