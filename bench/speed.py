@@ -504,8 +504,9 @@ def main(argv=None) -> None:
                 for name in order) + f" img/s; ratio {ratios[-1]:.2f}", flush=True)
         del models
 
-    flops = training_flops_per_image(args.image_size, dataset.num_classes)
-    params = count_parameters(AlexNet(dataset.num_classes))
+    outputs = head_size(bench.config(0), dataset.num_classes)  # 200 with the seed preset
+    flops = training_flops_per_image(args.image_size, outputs)
+    params = count_parameters(AlexNet(outputs))
     bandwidth = copy_bandwidth(device)
     summaries = {name: summarise(rows[name], args, flops, params, bandwidth) for name in PIPELINES}
     print()
