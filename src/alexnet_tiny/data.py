@@ -545,8 +545,9 @@ def ensure_dataset(root: Path | str | None = None, progress: bool = True, log=No
     dataset = load_dataset(root, progress=progress)
     if "split" not in dataset.meta and root.resolve() not in _told_legacy:
         _told_legacy.add(root.resolve())
-        (log or _to_stderr)(f"{root}: prepared by an earlier version with a hashed split, not the study's split by "
-                            f"file number; used as it is (to re-prepare: rm -r {root} && alexnet-tiny prepare --out {root})")
+        (log or _to_stderr)(f"{root}: prepared by an earlier version with a hashed split, not the study's split "
+                            f"by file number; used as it is (to re-prepare: rm -r {root} && alexnet-tiny prepare "
+                            f"--out {root})")
     return dataset
 
 

@@ -54,22 +54,23 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
     split = dataset.splits["train"].to(dev)
     if not len(split):
         raise UserError(f"{dataset.root}: its train split has no images")
-    rates, t0 = [], 0.0  # images per second of each timed step (CPU), or of all of them (GPU)
+    per_step = dev.type == "cpu"  # each step timed alone (CPU), or all of them together (GPU: no sync between)
     stream = itertools.chain.from_iterable(epoch_batches(split, config, dev, epoch, progress=False)
                                            for epoch in itertools.count(1))  # as many epochs as it takes
-    timed = 0
+    step_rates, timed, t0 = [], 0, 0.0
     for i, (x, y, lam) in enumerate(itertools.islice(stream, warmup + steps)):
-        if i == warmup or (i > warmup and dev.type == "cpu"):
+        if i == warmup or (per_step and i > warmup):
             synchronize(dev)
             t0 = time.perf_counter()
         with autocast(dev, precision):
             train_step(model, optimizer, loss_fn, x, y, lam)
-        if i >= warmup and dev.type == "cpu":
-            rates.append(len(y) / (time.perf_counter() - t0))
-        timed += len(y) if i >= warmup else 0
+        if i >= warmup:
+            timed += len(y)
+            if per_step:
+                step_rates.append(len(y) / (time.perf_counter() - t0))
     synchronize(dev)
-    if rates:
-        return stack * statistics.median(rates)
+    if per_step:
+        return stack * statistics.median(step_rates)
     return stack * timed / (time.perf_counter() - t0)
 
 
@@ -84,9 +85,10 @@ def estimate_seconds(stacks: list[list[TrainConfig]], dataset: Dataset, device, 
     """Train images / measured rate, plus evaluation (about a third of a training step per image),
     for trials run in these stacks (lists of one trial each when trained one at a time), each to
     its last epoch or to `planned[name]`, counting only the epochs a resume still has to run when
-    `runs` names their run folders (runlog.run_folders). `rates` caches the measured throughputs between calls. Checkpoints
-    (weights three times over, with the momenta, at CHECKPOINT_BYTES_PER_SECOND): the single driver
-    writes a trial's every epoch, the stacked engine each trial every CHECKPOINT_SECONDS and at its end."""
+    `runs` names their run folders (runlog.run_folders). `rates` caches the measured throughputs
+    between calls (keys: `rate_key`). Checkpoints (weights three times over, with the momenta, at
+    CHECKPOINT_BYTES_PER_SECOND): the single driver writes a trial's every epoch, the stacked engine
+    each trial every CHECKPOINT_SECONDS and at its end."""
     planned = planned or {}
     rates = {} if rates is None else rates
     n_train, n_eval = len(dataset.splits["train"]), len(dataset.splits["val"]) + len(dataset.splits["test"])

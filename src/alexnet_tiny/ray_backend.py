@@ -288,13 +288,11 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, local: bool, l
 
 
 def run_trials_on_ray(todo: list[TrainConfig], data_root: Path | str, out: Path | str, runs: dict[str, Path],
-                      address: str | None = None,
-                      cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True,
-                      log=print, asha: Asha | None = None, trials: list[TrainConfig] | None = None,
+                      address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                      progress: bool = True, log=print, asha: Asha | None = None, trials: list[TrainConfig] | None = None,
                       time_budget: float | None = None, max_concurrent: int | None = None) -> bool:
     """Run the unfinished trials `todo` as Ray Tune trials into the grid folder `out` (their run folders:
-    `runs`, by trial name), at most
-    `max_concurrent` at a time (None: as many as the cluster's resources hold).
+    `runs`, by trial name), at most `max_concurrent` at a time (None: as many as the cluster's resources hold).
     Trial outcomes are in the run folders (as with the local backend); a trial whose worker died is
     recorded as failed; a UserError inside trials (e.g. a data folder a node cannot see) is raised here.
 
