@@ -13,6 +13,7 @@ to N x 3 x 64 x 64 uint8), building in a temporary folder that is renamed into p
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import itertools
@@ -454,9 +455,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.wnids)
 
+    @functools.cached_property
     def identity(self) -> dict:
         """What a run and its checkpoints record of the data: `dataset_identity` and which images each
-        split holds (`split_membership`); resume and evaluation compare it (`identity_difference`)."""
+        split holds (`split_membership`, computed once); resume and evaluation compare it
+        (`identity_difference`)."""
         return {**dataset_identity(self.meta), "members": split_membership(self.splits)}
 
     def to(self, device) -> "Dataset":

@@ -141,7 +141,7 @@ class SavedModel:
         test images would then include training images)."""
         if dataset.wnids != self.wnids:
             raise UserError(f"{dataset.root}: its classes differ from those the checkpoint {self.path} was trained on")
-        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset.identity(),
+        difference = identity_difference(self.ckpt.get("dataset") or {}, dataset.identity,
                                          same_source=False)
         if difference:
             raise UserError(f"{dataset.root}: {difference} (checkpoint {self.path}); "

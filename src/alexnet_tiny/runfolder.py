@@ -31,7 +31,7 @@ def checkpoint_dict(state_dict: dict, epoch: int, config: TrainConfig, dataset: 
     """The checkpoint format (checkpoint.py reads it): best.pt leaves out the optimizer."""
     ckpt = {
         "model": state_dict, "epoch": epoch, "config": config.to_dict(), "best": dict(best),
-        "classes": {"wnids": dataset.wnids, "names": dataset.names}, "dataset": dataset.identity(),
+        "classes": {"wnids": dataset.wnids, "names": dataset.names}, "dataset": dataset.identity,
         "preprocessing": Preprocessing.for_config(config).to_dict(),
         "precision": precision, "elapsed_seconds": elapsed,
     }
@@ -46,7 +46,7 @@ def run_record(config: TrainConfig, dataset: Dataset, device, status: str, best:
     record = {
         "config": config.to_dict(), "name": config.name(), "device": str(device), "engine": engine,
         "precision": precision, "status": status,
-        "dataset": {"root": str(dataset.root), "names": dataset.names, **dataset.identity()},
+        "dataset": {"root": str(dataset.root), "names": dataset.names, **dataset.identity},
         "epochs_done": epochs_done,  # the best values are None until an epoch finished
         "best_val_accuracy": best["val_accuracy"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
         "test_accuracy_at_best": best["test_accuracy"], "final_train_loss": final_train_loss,
@@ -96,7 +96,7 @@ def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: b
     recorded = previous.get("dataset") or {}
     if "split" not in recorded and "seed" in recorded:  # records from before the split choice
         recorded = {**recorded, "split": LEGACY_SPLIT}
-    difference = identity_difference(recorded, dataset.identity())
+    difference = identity_difference(recorded, dataset.identity)
     if difference:
         raise UserError(f"{out}: cannot resume on {dataset.root}: {difference}; resume it with the "
                         f"dataset it started on (--data {recorded.get('root', '?')})")
