@@ -129,3 +129,36 @@ def test_the_ray_grid_is_skipped_without_ray(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert "scale: grid-ray skipped: Ray is not installed (pip install 'alexnet-tiny[ray]')" in lines
     assert lines[-1] == "scale: 0 commands, 0 failed, 1 skipped, highest peak 0 MB"
+
+
+@pytest.mark.slow
+def test_speedrun_runs_the_main_job_once_per_seed(small_data, tmp_path):
+    """bench/speedrun.py: one grid per seed, each from an empty folder, as a real process; a line per
+    seed with the report's figures, their mean +- sd, and the seeds reach the trials (grid --seed)."""
+    grid = tmp_path / "two.toml"
+    grid.write_text('preset = "quick"\nepochs = 1\nlr = [0.004, 0.001]\n')
+    work, summary = tmp_path / "work", tmp_path / "speedrun.json"
+    done = subprocess.run([sys.executable, str(BENCH / "speedrun.py"), "--seeds", "2", "--work", str(work),
+                           "--json", str(summary), "--", "--config", str(grid), "--data", str(small_data)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **NARROW_ENV})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[1:3]] == ["seed 0", "seed 1"]
+    assert lines[-2].startswith("mean +- sd: seconds ") and lines[-1].startswith("speedrun: 2 seed(s): ")
+    runs = json.loads(summary.read_text())["runs"]
+    for seed, run in enumerate(runs):
+        report = json.loads(next(work.glob(f"seed{seed}/runs/*/report/report.json")).read_text())
+        assert run["test"] == report["evaluation"]["test"]["accuracy"] and run["trial"] == report["best"]["trial"]
+        seeds = {json.loads(p.read_text())["config"]["seed"] for p in work.glob(f"seed{seed}/runs/*/*/config.json")}
+        assert seeds == {seed}
+    assert runs[1]["trial"].endswith("_seed1")
+
+
+def test_fold_bench_times_both_paths():
+    """bench/fold.py times the folded FC1 and the pooled path, alternating, and says the ratio."""
+    done = subprocess.run([sys.executable, str(BENCH / "fold.py"), "--sizes", "64", "--steps", "1", "-b", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[1:3]] == ["64 px train", "64 px eval"]
+    assert re.fullmatch(r"fold: training at 64 px \d+\.\d\dx faster with FC1 on the repeated cells", lines[-1])

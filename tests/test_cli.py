@@ -76,7 +76,7 @@ def test_choices_are_the_modules_own():
     choices = {(command, flag): action.choices for command, sub in commands.items() for action in sub._actions
                if action.choices for flag in action.option_strings}
     assert choices == {**{(c, "--engine"): engine.ENGINES for c in ("train", "grid")},
-                       **{(c, "--precision"): device.PRECISIONS for c in ("train", "grid")},
+                       **{(c, "--precision"): device.PRECISION_CHOICES for c in ("train", "grid")},
                        ("prepare", "--split"): data.SPLIT_KINDS, ("evaluate", "--split"): data.SPLITS,
                        ("grid", "--backend"): grid.BACKENDS, ("grid", "--scheduler"): asha.SCHEDULERS}
 

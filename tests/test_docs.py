@@ -158,7 +158,7 @@ def test_output_shapes():
         output_shape("grid runs/quick: 3 trials (3 done) in 229s")
 
 
-ASHA_GRID = "preset = 'quick'\nlr = [0.004, 1e-7, 2e-7]\nepochs = 4\nbatch_size = 32\n"
+ASHA_GRID = "preset = 'quick'\nlr = [0.004, 1e-7, 2e-7]\nepochs = 10\nbatch_size = 32\n"
 
 
 README_JOB = "alexnet-tiny grid --preset quick"
@@ -167,7 +167,7 @@ README_JOB = "alexnet-tiny grid --preset quick"
 @pytest.mark.slow
 def test_the_readmes_sample_output_is_the_tools_output_today(small_data, tmp_path):
     """The main job's output in README.md, line by line, has the format of what the tool prints today:
-    a grid of the same shape (three trials, ASHA at epochs 1 and 3 with reduction factor 3, two
+    a grid of the same shape (three trials, ASHA at epochs 1, 3 and 9 with reduction factor 3, two
     stopped at epoch 1) on small data, compared with numbers, names and paths taken out. (Its report's
     lines: tests/test_report.py, against the report it writes anyway.)"""
     toml = tmp_path / "asha.toml"

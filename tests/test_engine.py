@@ -9,7 +9,10 @@ resume (also across engines), divergence of one trial in a stack, planning and t
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -375,15 +378,21 @@ def test_plan_groups_by_data_stream_and_chunks(tmp_path):
     assert stream_key(BASE.replace(dropout=0.25)) != stream_key(BASE)  # one set of dropout masks per stack
 
 
-def test_a_stacked_trial_starts_from_the_weights_it_starts_from_alone(dataset, tmp_path):
+@pytest.mark.parametrize("init", ["kaiming", "whiten"])
+def test_a_stacked_trial_starts_from_the_weights_it_starts_from_alone(dataset, tmp_path, init):
     from alexnet_tiny.engine import Stack
     from alexnet_tiny.runfolder import RunFolder
     from alexnet_tiny.train import TrialState
-    configs = [BASE.replace(init="kaiming", lr=lr) for lr in (0.1, 0.2)]
+    configs = [BASE.replace(init=init, lr=lr) for lr in (0.1, 0.2)]
     runs = [RunFolder(c, dataset, tmp_path / c.name(), "cpu", False) for c in configs]
     stack = Stack(runs, dataset, torch.device("cpu"))
-    alone = TrialState(configs[1], dataset.num_classes, "cpu").model.state_dict()
+    alone = TrialState(configs[1], dataset.num_classes, "cpu", dataset.splits["train"]).model.state_dict()
     assert all(torch.equal(stack.model.trial_state_dict(1)[n], alone[n]) for n in alone)
+    if init == "whiten":  # conv1 is the whitening, not kaiming's
+        kaiming = TrialState(configs[1].replace(init="kaiming"), dataset.num_classes, "cpu").model.state_dict()
+        assert not torch.equal(alone["features.0.weight"], kaiming["features.0.weight"])
+        assert torch.equal(alone["features.3.weight"], kaiming["features.3.weight"])
+        return
     assert [kind for kind in stack.model.plan if kind[0] == "dropout"] == [("dropout", 0.5)] * 2
     lighter = Stack([RunFolder(c.replace(dropout=0.25), dataset, tmp_path / "d" / c.name(), "cpu", False)
                      for c in configs], dataset, torch.device("cpu"))
@@ -425,10 +434,28 @@ def test_bf16_precision_in_both_loops(alone, dataset, tmp_path):
         assert all(w.dtype == torch.float32 for w in last["model"].values())
         assert all(s["momentum_buffer"].dtype == torch.float32 for s in last["optimizer"]["state"].values())
     assert single["engine"] == "single" and stacked[0]["engine"] == "stacked (2 trials)"
-    with pytest.raises(UserError, match="--precision fp16: expected one of fp32, bf16"):
+    with pytest.raises(UserError, match="--precision fp16: expected one of fp32, bf16, auto"):
         train(config, dataset, tmp_path / "c", device="cpu", precision="fp16")
     assert not (tmp_path / "c").exists()
     free(tmp_path)
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_runs_it(dataset, tmp_path):
+    """--precision auto: bf16 on a CPU with AVX512-BF16 or AMX whose kernels are not restricted below
+    AVX-512, fp32 elsewhere (this process, and a process restricted to AVX2); a run records what ran."""
+    from alexnet_tiny.device import resolve_precision
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = hardware and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    code = "from alexnet_tiny.device import resolve_precision; print(resolve_precision('auto', 'cpu'))"
+    restricted = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
+    assert restricted.stdout.strip() == "fp32", restricted.stderr
+    rec = train(BASE.replace(epochs=1), dataset, tmp_path / "auto", device="cpu", progress=False, log=quiet,
+                precision="auto")
+    assert rec["precision"] == resolve_precision("auto", "cpu")
+    assert load_checkpoint(tmp_path / "auto" / runlog.BEST_CKPT)["precision"] == rec["precision"]
 
 
 @pytest.mark.ray

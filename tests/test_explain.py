@@ -58,6 +58,14 @@ def test_initial_weights_are_the_runs_own(checkpoint, small_data):
     for (name, a), b in zip(started.state_dict().items(), redone.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(redone.features[0].weight, ckpt["model"]["features.0.weight"])  # training moved them
+    # init whiten: conv1 came from the training images, which the report hands over (it has the dataset)
+    train_split = load_dataset(small_data, progress=False).splits["train"]
+    whitened = {**ckpt, "config": {**ckpt["config"], "init": "whiten"}}
+    started = TrialState(config.replace(init="whiten"), 3, "cpu", train_split).model
+    assert torch.equal(explain.initial_model(whitened, train_split).features[0].weight, started.features[0].weight)
+    assert not torch.equal(started.features[0].weight, redone.features[0].weight)
+    with pytest.raises(ValueError, match="training images"):
+        explain.initial_model(whitened)
 
 
 def test_kernels_figure_follows_the_weights(checkpoint, tmp_path):

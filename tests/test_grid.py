@@ -71,7 +71,7 @@ def test_seed_grid_names_are_stable():
     assert names[:4] == ["seed_lr0.0001", "seed_lr0.0001_m0.5", "seed", "seed_m0.5"]
     assert names[-1] == "seed_lr0.005_m0.5_g0.01_seed1"
     assert len(set(names)) == 12
-    assert [t.name() for t in grid_trials("quick")[1]] == ["quick", "quick_lr0.001", "quick_lr0.016"]
+    assert [t.name() for t in grid_trials("quick")[1]] == ["quick", "quick_lr0.01", "quick_lr0.02"]
     assert PRESETS["readme"].replace(lr=0.005).name() == "readme_lr0.005"
     assert PRESETS["quick"].replace(nesterov=False, init="torch").name() == "quick_nesterov0_torch"
 

@@ -183,3 +183,31 @@ def test_dropout_keeps_the_activation_dtype():
     half = layer(x.bfloat16())
     assert half.dtype == torch.bfloat16 and torch.equal(half.float(), full)
     assert set(full.unique().tolist()) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("size, cells", [(64, 1), (96, 2), (150, 3), (224, None)])
+def test_fc1_reads_the_cells_the_pool_repeats(size, cells):
+    """Where the adaptive pool only repeats cells (1x1, 2x2 or 3x3 maps), FC1 on the map itself with
+    each block's weights summed gives the same logits, and the same gradients for every weight, as
+    the pooled path (torchvision's). The model takes that path for a 1x1 map (where it pays) when no
+    dropout mask falls before FC1; with dropout in training, at 96 and 150 px, and at 224 px (6x6:
+    nothing repeated) it pools."""
+    from alexnet_tiny.model import folded_fc1
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, size, size)
+    for dropout, training in ((0.0, True), (0.5, False), (0.5, True)):
+        torch.manual_seed(0)
+        model = AlexNet(10, dropout=dropout, init="kaiming").train(training)
+        features = model.features(x)
+        assert model.repeats_cells(features) == (cells == 1 and (dropout == 0 or not training))
+        assert features.shape[-1] == (cells or 6)
+        if cells is None or (training and dropout):
+            continue
+        pooled = model.classifier[1](torch.flatten(model.avgpool(features), 1))
+        folded = folded_fc1(model.classifier[1], features)
+        assert torch.allclose(folded, pooled, rtol=1e-4, atol=1e-5)
+        (g_pooled,) = torch.autograd.grad(pooled.square().sum(), model.classifier[1].weight)
+        (g_folded,) = torch.autograd.grad(folded.square().sum(), model.classifier[1].weight)
+        assert ((g_folded - g_pooled).norm() / g_pooled.norm()).item() < 1e-5
+        reference = model.classifier(torch.flatten(model.avgpool(features), 1))  # no mask here: deterministic
+        assert torch.allclose(model(x), reference, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,6 @@
 """trial.py, what a trial is: the SGD update against torch.optim.SGD on the installed torch, the momenta
 in torch.optim.SGD's state_dict layout, the learning rate of each epoch, the epochs a call runs within a
-budget, one training step of a plain model and of a stack."""
+budget, one training step of a plain model and of a stack, the whitened start (init whiten)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_tiny.trial import (Budget, TrialLosses, epochs_to_run, lr_at, momenta_from_state, optimizer_state,
-                                sgd_step, train_step)
+import torch.nn.functional as F
+
+from alexnet_tiny.config import PRESETS
+from alexnet_tiny.data import Split, load_dataset
+from alexnet_tiny.transforms import Preprocessing, eval_batch
+from alexnet_tiny.trial import (WHITENING_IMAGES, Budget, TrialLosses, epochs_to_run, lr_at, momenta_from_state,
+                                optimizer_state, sgd_step, starting_model, train_step)
 
 from conftest import FAST
 
@@ -99,3 +104,38 @@ def test_one_step_of_a_plain_model_and_of_a_stack_of_two():
     losses = TrialLosses([0.0, 0.1])(stacked, y)
     assert torch.allclose(losses[0], nn.functional.cross_entropy(stacked[0], y))
     assert torch.allclose(losses[1], nn.functional.cross_entropy(stacked[1], y, label_smoothing=0.1))
+
+
+def conv1_covariance(conv: nn.Conv2d, images: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and covariance of conv1's responses (before its ReLU) at every position of `images`."""
+    x = eval_batch(images, Preprocessing.for_config(config))
+    with torch.no_grad():
+        r = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    r = r.permute(0, 2, 3, 1).reshape(-1, conv.out_channels).double()
+    return r.mean(0), torch.cov(r.T)
+
+
+@pytest.mark.parametrize("image_size", [64, 96])
+def test_init_whiten_whitens_the_patches_conv1_sees(embedded_data, image_size):
+    """init whiten: on the training patches it was computed from, conv1's responses have zero mean and
+    a covariance near the identity (each variance shrunk a little by eps); on validation images, which
+    it never read, they stay close; kaiming's conv1 is nowhere near; only the training split is read."""
+    dataset = load_dataset(embedded_data, progress=False)
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    config = PRESETS["quick"].replace(init="whiten", image_size=image_size)
+    conv = starting_model(config, 10, train).features[0]
+    mean, cov = conv1_covariance(conv, train.images[::len(train) // WHITENING_IMAGES], config)
+    off_diagonal = cov - torch.diag(cov.diag())
+    assert mean.abs().max() < 1e-3
+    assert off_diagonal.abs().max() < 1e-3
+    assert 0.85 < cov.diag().min() and cov.diag().max() < 1.0 + 1e-3
+    _, held_out = conv1_covariance(conv, val.images, config)
+    assert 0.5 < held_out.diag().min() and held_out.diag().max() < 1.6
+    assert (held_out - torch.diag(held_out.diag())).abs().max() < 0.3
+    kaiming = starting_model(config.replace(init="kaiming"), 10, train).features[0]
+    _, k_cov = conv1_covariance(kaiming, train.images[::len(train) // WHITENING_IMAGES], config)
+    assert (k_cov - torch.eye(64, dtype=k_cov.dtype)).abs().max() > 1.0
+    other = Split(val.images, val.labels, val.files)  # other "training" images: another whitening
+    assert not torch.equal(starting_model(config, 10, other).features[0].weight, conv.weight)
+    with pytest.raises(ValueError, match="training images"):
+        starting_model(config, 10, None)

@@ -11,7 +11,7 @@ from . import __version__, runlog
 from .config import DESCRIPTIONS, HYPERPARAMETERS, PRESET_PURPOSES, TYPES, preset
 from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
 from .asha import SCHEDULERS
-from .device import PRECISIONS, require_torch
+from .device import PRECISION_CHOICES, require_torch
 from .engine import ENGINES
 from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, choices_help
 from .errors import UserError
@@ -45,8 +45,10 @@ def add_engine_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="stacked: trials sharing a data stream train together as one stacked model (engine.py); "
                         "single: one trial at a time; auto (default): stacked on a GPU, single on the CPU")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: forward and backward under bf16 autocast, fp32 weights and SGD (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                   help="bf16: forward and backward under bf16 autocast, fp32 weights and SGD; auto: bf16 where the "
+                        "hardware runs it natively (a GPU, or a CPU with AVX512-BF16 or AMX), fp32 elsewhere; "
+                        "config.json records which ran (default fp32)")
 
 
 def config_from_args(args):
@@ -114,6 +116,8 @@ def cmd_grid(args) -> int:
     from .grid import grid_scheduler, grid_trials, run_grid
     from .results import best_row, summary
     name, trials = grid_trials(args.preset, args.config)
+    if args.seed:
+        trials = [t.replace(seed=t.seed + args.seed).validate() for t in trials]
     out = Path(args.out or f"runs/{name}")
     t0 = time.time()
     if args.max_concurrent is not None and args.backend != "ray":
@@ -208,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="skip finished trials, continue unfinished ones")
     p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
+    p.add_argument("--seed", type=int, default=0,
+                   help="added to every trial's seed: the same grid from other random weights, order and crops "
+                        "(default 0: the grid's own seeds)")
     p.add_argument("--backend", default="local", choices=BACKENDS, help="local (this machine) or ray")
     add_engine_flag(p)
     p.add_argument("--scheduler", default=None, choices=SCHEDULERS,

@@ -5,7 +5,8 @@ import torch
 
 from .errors import UserError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # what a run trains in, and its record says
+PRECISION_CHOICES = (*PRECISIONS, "auto")  # what a user may ask for (resolve_precision)
 LEGACY_PRECISION = "fp32"  # of runs and checkpoints recorded before the precision entry existed
 MIN_TORCH = (2, 4)  # fused SGD on the CPU (torch.optim.SGD(fused=True), the stacked engine's step) arrived in 2.4
 
@@ -23,6 +24,25 @@ def resolve_device(name: str = "auto") -> torch.device:
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` runs bf16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX whose PyTorch kernels are not restricted below AVX-512 (ATEN_CPU_CAPABILITY=avx2
+    makes such a CPU emulate bf16, slower than fp32)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    hardware = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return hardware and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def resolve_precision(precision: str, device) -> str:
+    """fp32 or bf16 as asked; auto: bf16 where the device runs it natively (native_bf16), else fp32."""
+    if precision not in PRECISION_CHOICES:
+        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 

@@ -39,11 +39,12 @@ from .files import folder_lock
 from .device import autocast, free_memory, prepare_device
 from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
-from .model import AlexNet, dropout_mask, initial_alexnet, parameter_count
+from .model import AlexNet, dropout_mask, parameter_count
 from .runfolder import RunFolder, epoch_line
 from .transforms import Preprocessing, eval_batch
 from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, last_epoch,
-                    load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update, stream_key, train_step)
+                    load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update, starting_model, stream_key,
+                    train_step)
 
 ENGINES = ("auto", "stacked", "single")
 CHECKPOINT_SECONDS = 300.0
@@ -294,8 +295,8 @@ class Stack:
         self.runs, self.dataset, self.device = runs, dataset, device
         configs = [r.config for r in runs]
         first = configs[0]  # every trial starts from the weights it would start from alone
-        self.model = StackedAlexNet(initial_alexnet(first.seed, head_size(first, dataset.num_classes), first.init,
-                                                    first.dropout), len(runs), device)
+        start = starting_model(first, head_size(first, dataset.num_classes), dataset.splits["train"])
+        self.model = StackedAlexNet(start, len(runs), device)
         self.optimizer = StackedSGD(self.model, configs)
         self.best = [torch.empty_like(p) for p in self.model.params]
         self.loss_fn = TrialLosses([c.label_smoothing for c in configs], device)

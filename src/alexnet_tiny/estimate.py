@@ -46,7 +46,7 @@ def measure_throughput(config: TrainConfig, dataset: Dataset, device, steps: int
         model = StackedAlexNet(AlexNet(head_size(config, dataset.num_classes)), stack, dev)
         optimizer = StackedSGD(model, [config] * stack)
     else:
-        optimizer = TrialState(config, dataset.num_classes, dev)
+        optimizer = TrialState(config, dataset.num_classes, dev, dataset.splits["train"])
         if dev.type == "cpu":
             optimizer.layout(CPU_TRAINING_LAYOUT)
         model = optimizer.model

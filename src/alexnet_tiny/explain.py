@@ -23,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
 from .checkpoint import checkpoint_outputs
+from .config import HYPERPARAMETERS, TrainConfig
+from .data import Dataset, Split
 from .evaluate import EVAL_BATCH_SIZE, SavedModel, output_names
-from .model import AlexNet, initial_alexnet
+from .model import AlexNet
+from .trial import starting_model
 from .transforms import Preprocessing, eval_batch
 
 
@@ -39,12 +41,13 @@ def conv1_kernels(weight: torch.Tensor) -> np.ndarray:
     return ((w - low) / span).permute(0, 2, 3, 1).numpy()
 
 
-def initial_model(ckpt: dict) -> AlexNet:
-    """The weights the checkpoint's run started from: TrialState's seeding and initialisation, redone
-    with the checkpoint's classes and hidden width."""
-    config = ckpt["config"]
+def initial_model(ckpt: dict, train: Split | None = None) -> AlexNet:
+    """The weights the checkpoint's run started from (trial.starting_model: its seed and init, and
+    for init whiten the whitening of `train`, its training split), redone with the checkpoint's
+    classes and hidden width."""
+    config = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in HYPERPARAMETERS})
     hidden = ckpt["model"]["classifier.1.weight"].shape[0]
-    return initial_alexnet(config["seed"], checkpoint_outputs(ckpt), config.get("init", "torch"), hidden=hidden)
+    return starting_model(config, checkpoint_outputs(ckpt), train, hidden)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ the fused `native_dropout` kernel, whose random stream is another.)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import INITS
@@ -52,7 +53,8 @@ def initialize(model: "AlexNet", scheme: str) -> None:
     every conv and hidden layer passes the signal on at its own scale, except two: the first fully
     connected layer's weights are 6x smaller in std (at 64 px its 9,216 inputs are 256 values seen 36
     times through the adaptive pool, and full scale there makes SGD blow up), and the last layer's
-    std is 0.01, so the first logits are near zero (loss ln(classes)). Biases start at zero."""
+    std is 0.01, so the first logits are near zero (loss ln(classes)). Biases start at zero.
+    "whiten": "kaiming" here; a trial then sets conv1 from its training images (trial.starting_model)."""
     if scheme == "torch":
         return
     if scheme not in INITS:
@@ -67,6 +69,8 @@ def initialize(model: "AlexNet", scheme: str) -> None:
 
 
 class AlexNet(nn.Module):
+    fold_fc1 = True  # FC1 on the cells the pool repeats, where it may (repeats_cells); bench/fold.py turns it off
+
     def __init__(self, num_classes: int = 10, dropout: float = 0.5, hidden: int | None = None, init: str = "torch"):
         super().__init__()
         hidden = hidden or HIDDEN
@@ -89,8 +93,32 @@ class AlexNet(nn.Module):
         initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        x = self.features(x)
+        if self.repeats_cells(x):
+            return self.classifier[2:](folded_fc1(self.classifier[1], x))
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    def repeats_cells(self, features: torch.Tensor) -> bool:
+        """Whether FC1 reads the feature map before the adaptive pool (`folded_fc1`): a 1x1 map (64 to
+        95 px), which the pool repeats 36 times, and no dropout mask between the pool and FC1
+        (evaluation, or dropout 0). 2x2 and 3x3 maps (96, 150 px) are repeated too, but summing their
+        blocks' strided weights cost what the smaller matmul saved (bench/fold.py), so they pool."""
+        if not self.fold_fc1 or features.shape[-2:] != (1, 1):
+            return False
+        return not self.training or self.classifier[0].p == 0
+
+
+def folded_fc1(fc1: nn.Linear, features: torch.Tensor, pooled: tuple[int, int] = (6, 6)) -> torch.Tensor:
+    """FC1 of the adaptive pool's output, computed from the h x w map it repeats. The pool turns each
+    cell into a block of (6/h) x (6/w) equal values, so FC1's weights on a block act on one value: FC1
+    is the same as a layer whose weights are each block's sum, on 256 h w inputs instead of 9,216.
+    The same function, and, through the sum, the same gradient for every weight of a block (each gets
+    the gradient its copy of the value gives): at 64 px FC1 costs a 36th of its matmul, and the
+    weights and their state_dict are unchanged."""
+    b, c, h, w = features.shape
+    out_h, out_w = pooled
+    weight = fc1.weight.view(fc1.out_features, c, h, out_h // h, w, out_w // w).sum((3, 5))
+    return F.linear(features.flatten(1), weight.flatten(1), fc1.bias)
 
 
 def initial_alexnet(seed: int, num_classes: int, init: str = "torch", dropout: float = 0.5,

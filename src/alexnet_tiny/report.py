@@ -42,7 +42,7 @@ REPORT_DIR = "report"
 REPORT_JSON = "report.json"
 PUBLISHED_MD = "published.md"
 FIGURES = {key: file for key, (file, _) in page.FIGURES.items()}  # key -> file name
-ARRAYS = ("sample_images", "pictures")  # evaluation entries for the figures only, not for report.json
+ARRAYS = ("sample_images", "pictures", "train_split")  # evaluation entries for the figures only, not for report.json
 METRIC_COLUMNS = [c for c in RUN_METRICS if c != "reason"]  # the table's columns; results.csv has them all
 COLUMNS = ["best", *RESULT_COLUMNS]
 HEADINGS = {"best_val_accuracy": "best val acc", "best_epoch": "best epoch", "test_accuracy_at_best": "test acc at best",
@@ -246,7 +246,8 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
               "test": {"images": len(test_split), "loss": test.loss, "accuracy": test.accuracy,
                        "flip_accuracy": evaluation(test_flipped, test_split.labels, dataset.num_classes).accuracy,
                        "per_class": per_class_rows(dataset, test), "confusion": test.confusion.tolist()},
-              "official_val": None, "samples": [], "classes": dataset.num_classes}
+              "official_val": None, "samples": [], "classes": dataset.num_classes,
+              "train_split": dataset.splits["train"]}  # the whitening of init whiten, for the kernels figure
     official = dataset.splits[OFFICIAL_VAL]
     if len(official):
         logits, flipped = saved.logits_with_flip(official.images)
@@ -266,7 +267,8 @@ def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, prog
     return result
 
 
-def kernel_panels(best: dict, rows: list[dict], trials: list[Trial], missing: list[str]) -> tuple[list, dict]:
+def kernel_panels(best: dict, rows: list[dict], trials: list[Trial], missing: list[str],
+                  train: Split | None = None) -> tuple[list, dict]:
     """The best trial's conv1 kernels beside those of the worst finished trial (lowest best validation
     accuracy), or of its own initial weights when it is the only one, and then what training changed
     in it (learned minus initial: in a short run on 4,000 images conv1 moves little from its random
@@ -297,7 +299,7 @@ def kernel_panels(best: dict, rows: list[dict], trials: list[Trial], missing: li
     config = ckpt["config"]
     try:
         with torch.random.fork_rng():  # the global generator is the caller's
-            initial = explain.initial_model(ckpt).features[0].weight.detach()
+            initial = explain.initial_model(ckpt, train).features[0].weight.detach()
     except (KeyError, TypeError, ValueError) as e:
         missing.append(f"trial {best['trial']}: its initial weights cannot be redone ({e!r} in its config)")
         return panels, info
@@ -453,7 +455,8 @@ def _write_report(runs_dirs: list[Path], out: Path, progress: bool, log, data, s
             tmp.write_text(published.format_markdown(comparison))
     groups = seed_groups(rows)
     gridmap = grid_map(rows)
-    kernels, kernel_info = kernel_panels(best, rows, trials, missing) if evaluation is not None else ([], {})
+    kernels, kernel_info = (kernel_panels(best, rows, trials, missing, evaluation["train_split"])
+                            if evaluation is not None else ([], {}))
     name = " + ".join(d.resolve().name for d in runs_dirs)
     made = draw_figures(out, trials, rows, best, evaluation, name, groups, kernels, gridmap)
     report = {"name": name, "runs_dir": where,

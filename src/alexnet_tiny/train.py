@@ -20,16 +20,15 @@ from .allocator import retained_heap
 from .config import TrainConfig, head_size
 from .data import Dataset, Split, ensure_dataset
 from .files import folder_lock
-from .device import autocast, check_precision, prepare_device, resolve_device
+from .device import autocast, prepare_device, resolve_device, resolve_precision
 from .engine import resolve_engine, run_stack
 from .errors import UserError, exception_line
 from .evaluate import evaluate
-from .model import initial_alexnet
 from .runlog import run_folder
 from .runfolder import RunFolder, epoch_line, record_failure
 from .transforms import Preprocessing
 from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, load_momenta, lr_at,
-                    optimizer_state, sgd_step, train_step)
+                    optimizer_state, sgd_step, starting_model, train_step)
 
 
 # The layout the CPU trains in: oneDNN's convs are faster on NHWC weights (~12% of a 224 px step).
@@ -42,10 +41,9 @@ class TrialState:
     training and contiguous for evaluation and checkpoints; the momenta, which the fused kernel walks
     as flat memory beside the weights, take the training layout once and keep it."""
 
-    def __init__(self, config: TrainConfig, num_classes: int, device):
-        self.config = config
-        self.model = initial_alexnet(config.seed, head_size(config, num_classes), config.init,
-                                     config.dropout).to(device)
+    def __init__(self, config: TrainConfig, num_classes: int, device, train: Split | None = None):
+        self.config = config  # `train`: the training split, which init whiten reads (trial.starting_model)
+        self.model = starting_model(config, head_size(config, num_classes), train).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
         self.set_epoch(0)
@@ -107,11 +105,12 @@ def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Pa
     """Train one configuration into the run folder `out`; returns the record saved as config.json.
     `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
     engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single".
-    precision: "fp32" or "bf16" (autocast). A grid's scheduler ends the call early, resumable, after
+    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device runs it natively; the record
+    says which ran). A grid's scheduler ends the call early, resumable, after
     epoch `until` or when `budget` allows no more epochs; the record then says "running"."""
     config.validate()
     dev = resolve_device(device)
-    check_precision(precision)
+    precision = resolve_precision(precision, dev)
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress, log=log)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else run_folder("runs", config)
@@ -129,7 +128,7 @@ def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: 
     run = RunFolder(config, dataset, out, dev, resume, options.log, "single", precision)
     if run.finished:
         return run.previous
-    state = TrialState(config, dataset.num_classes, dev)
+    state = TrialState(config, dataset.num_classes, dev, dataset.splits["train"])
     ckpt = run.resume_checkpoint()
     if ckpt is not None:
         state.load(ckpt)
