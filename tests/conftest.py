@@ -36,6 +36,11 @@ def pytest_collection_modifyitems(config, items):
 
 # Small and fast, still real: 64x64 inputs, batch 32, two epochs.
 FAST = TrainConfig(lr=0.01, momentum=0.9, gamma=0.5, step_size=1, batch_size=32, epochs=2, image_size=64)
+# Grids on the quick preset whose tests need a trial that learns in one epoch of the small data (so
+# that ASHA has trials to stop) train as the earlier quick preset did: Kaiming init, dropout 0.5,
+# plain crops, no label smoothing (TOML lines to add to such a grid).
+LEARNS_AT_ONCE = {"init": "kaiming", "dropout": 0.5, "augment": "crop", "label_smoothing": 0.0}
+LEARNS_AT_ONCE_TOML = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in LEARNS_AT_ONCE.items())
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200)]
 

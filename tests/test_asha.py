@@ -17,14 +17,14 @@ from alexnet_tiny.errors import UserError
 from alexnet_tiny.grid import expand, grid_scheduler, run_grid
 from alexnet_tiny.results import collect_results
 from alexnet_tiny.trial import UNLIMITED, Budget
-from conftest import quiet, run_cli, stop_after, without_timing
+from conftest import LEARNS_AT_ONCE, LEARNS_AT_ONCE_TOML, quiet, run_cli, stop_after, without_timing
 
 pytestmark = pytest.mark.usefixtures("narrow_alexnet")
 
 # Four trials of 3 epochs (rungs at 1 and 2); the two at a learning rate too small to move stay where
 # they started.
 GRID = {"preset": "quick", "lr": [0.004, 1e-7, 0.002, 2e-7], "momentum": [0.9], "gamma": [0.5], "step_size": [1],
-        "batch_size": [32], "epochs": [3], "image_size": [64]}
+        "batch_size": [32], "epochs": [3], "image_size": [64], **{k: [v] for k, v in LEARNS_AT_ONCE.items()}}
 TRIALS = expand(GRID)
 ASHA = {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2.0}
 
@@ -212,7 +212,7 @@ def test_time_budget_ends_the_grid_resumable(asha_grid, small_data, tmp_path):
 def test_cli_grid_with_asha_and_a_budget(small_data, tmp_path):
     """The flags through the real CLI; a budget spent before the first epoch keeps it short."""
     toml = tmp_path / "g.toml"
-    toml.write_text("preset = 'quick'\nlr = [0.004, 1e-7]\nepochs = [4]\nbatch_size = [32]\n")
+    toml.write_text("preset = 'quick'\nlr = [0.004, 1e-7]\nepochs = [4]\nbatch_size = [32]\n" + LEARNS_AT_ONCE_TOML)
     out = tmp_path / "grid"
     proc = run_cli("grid", "--config", toml, "--data", small_data, "--out", out, "--no-report", "-q",
                    "--scheduler", "asha", "--time-budget", "0.001s", check=True)

@@ -11,7 +11,7 @@ import pytest
 from alexnet_tiny import cli
 from alexnet_tiny.config import PRESETS
 
-from conftest import NARROW_ENV, run_cli
+from conftest import LEARNS_AT_ONCE_TOML, NARROW_ENV, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", ROOT / "RESULTS.md", ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md",
@@ -158,7 +158,7 @@ def test_output_shapes():
         output_shape("grid runs/quick: 3 trials (3 done) in 229s")
 
 
-ASHA_GRID = "preset = 'quick'\nlr = [0.004, 1e-7, 2e-7]\nepochs = 10\nbatch_size = 32\n"
+ASHA_GRID = "preset = 'quick'\nlr = [0.004, 1e-7, 2e-7]\nepochs = 10\nbatch_size = 32\n" + LEARNS_AT_ONCE_TOML
 
 
 README_JOB = "alexnet-tiny grid --preset quick"

@@ -18,7 +18,7 @@ import pytest
 from alexnet_tiny import runlog
 from alexnet_tiny.results import RESULTS_CSV
 
-from conftest import FAST, NARROW_ENV, run_cli
+from conftest import FAST, LEARNS_AT_ONCE_TOML, NARROW_ENV, run_cli
 
 LRS = [0.01, 0.02]
 NAMES = [FAST.replace(lr=lr).name() for lr in LRS]
@@ -167,7 +167,7 @@ step_size = [1]
 batch_size = [32]
 epochs = [2]
 image_size = [64]
-"""
+""" + LEARNS_AT_ONCE_TOML
 
 
 @pytest.mark.slow
