@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Two FAST-like trials (64 px, batch 32, 2 epochs): the first diverges, the grid goes on.
 SMALL_GRID = """
 preset = "quick"
-lr = [1e6, 0.004]
+lr = [1e6, 0.005]
 momentum = [0.9]
 gamma = [0.5]
 step_size = [1]
@@ -41,8 +41,8 @@ epochs = [2]
 image_size = [64]
 """
 SMALL_NAMES = ["quick_lr1e+06_g0.5_s1_b32_e2", "quick_g0.5_s1_b32_e2"]
-LEGACY_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming",  # earlier versions'
-                "lr0.004_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_kaiming"]
+LEGACY_NAMES = ["lr1e+06_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_ls0.1_rrc_cs0.35_whiten_do0",  # earlier
+                "lr0.005_m0.9_g0.5_s1_b32_e2_i64_wd0.0005_seed0_nesterov_cosine_ls0.1_rrc_cs0.35_whiten_do0"]  # versions'
 DIVERGING, TRAINED = SMALL_NAMES
 
 

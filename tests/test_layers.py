@@ -28,6 +28,7 @@ LAYERS = [
     ["results"],             # best trial, results tables, formatting
     ["explain"],             # what a checkpoint learned: kernels, FC2 features, neighbours, Grad-CAM
     ["evaluate"],            # evaluation, saved checkpoints evaluated
+    ["start"],               # a trial's starting weights (init whiten: from the training split)
     ["checkpoint"],
     ["runlog"],              # run folder file names and TensorBoard tags
     ["model", "transforms"],

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from alexnet_tiny.config import PRESETS
 from alexnet_tiny.data import Split, load_dataset
+from alexnet_tiny.start import WHITENING_IMAGES, starting_model
 from alexnet_tiny.transforms import Preprocessing, eval_batch
-from alexnet_tiny.trial import (WHITENING_IMAGES, Budget, TrialLosses, epochs_to_run, lr_at, momenta_from_state,
-                                optimizer_state, sgd_step, starting_model, train_step)
+from alexnet_tiny.trial import (Budget, TrialLosses, epochs_to_run, lr_at, momenta_from_state,
+                                optimizer_state, sgd_step, train_step)
 
 from conftest import FAST
 

@@ -111,7 +111,7 @@ SCHEDULES = ("step", "constant", "cosine")
 # study's code); training then only flips.
 INPUTS = ("resize", "pad")
 AUGMENTS = ("crop", "rrc")
-INITS = ("torch", "kaiming", "whiten")  # model.initialize, trial.starting_model
+INITS = ("torch", "kaiming", "whiten")  # model.initialize, start.starting_model
 TYPES = {f.name: f.type for f in fields(TrainConfig)}
 HYPERPARAMETERS = tuple(TYPES)
 

@@ -41,10 +41,10 @@ from .errors import UserError
 from .evaluate import EVAL_BATCH_SIZE, Evaluation, evaluation
 from .model import AlexNet, dropout_mask, parameter_count
 from .runfolder import RunFolder, epoch_line
+from .start import starting_model
 from .transforms import Preprocessing, eval_batch
 from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, last_epoch,
-                    load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update, starting_model, stream_key,
-                    train_step)
+                    load_momenta, lr_at, optimizer_state, sgd_groups, sgd_update, stream_key, train_step)
 
 ENGINES = ("auto", "stacked", "single")
 CHECKPOINT_SECONDS = 300.0

@@ -28,7 +28,7 @@ from .config import HYPERPARAMETERS, TrainConfig
 from .data import Dataset, Split
 from .evaluate import EVAL_BATCH_SIZE, SavedModel, output_names
 from .model import AlexNet
-from .trial import starting_model
+from .start import starting_model
 from .transforms import Preprocessing, eval_batch
 
 
@@ -42,7 +42,7 @@ def conv1_kernels(weight: torch.Tensor) -> np.ndarray:
 
 
 def initial_model(ckpt: dict, train: Split | None = None) -> AlexNet:
-    """The weights the checkpoint's run started from (trial.starting_model: its seed and init, and
+    """The weights the checkpoint's run started from (start.starting_model: its seed and init, and
     for init whiten the whitening of `train`, its training split), redone with the checkpoint's
     classes and hidden width."""
     config = TrainConfig.from_dict({k: v for k, v in ckpt["config"].items() if k in HYPERPARAMETERS})

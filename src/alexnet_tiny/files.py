@@ -94,14 +94,18 @@ def write_json(path: Path | str, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+TORCH_WRITE_FAILED = ("inline_container", "file write failed", "iostream error")
+
+
 def atomic_torch_save(obj, path: Path | str) -> None:
     """torch.save, renamed into place. torch's zip writer reports a failed write (a full disk) as a
-    RuntimeError without the system's error; it is raised as an OSError naming the file."""
+    RuntimeError without the system's error (which of its messages depends on where the write
+    failed: in a record, or closing the archive); it is raised as an OSError naming the file."""
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)
         except RuntimeError as e:
-            if "inline_container" not in str(e) and "file write failed" not in str(e):
+            if not any(sign in str(e) for sign in TORCH_WRITE_FAILED):
                 raise
             raise OSError(errno.EIO, "could not be written (is the disk full?)", str(path)) from None
 

@@ -54,7 +54,7 @@ def initialize(model: "AlexNet", scheme: str) -> None:
     connected layer's weights are 6x smaller in std (at 64 px its 9,216 inputs are 256 values seen 36
     times through the adaptive pool, and full scale there makes SGD blow up), and the last layer's
     std is 0.01, so the first logits are near zero (loss ln(classes)). Biases start at zero.
-    "whiten": "kaiming" here; a trial then sets conv1 from its training images (trial.starting_model)."""
+    "whiten": "kaiming" here; a trial then sets conv1 from its training images (start.starting_model)."""
     if scheme == "torch":
         return
     if scheme not in INITS:

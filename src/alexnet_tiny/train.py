@@ -26,9 +26,10 @@ from .errors import UserError, exception_line
 from .evaluate import evaluate
 from .runlog import run_folder
 from .runfolder import RunFolder, epoch_line, record_failure
+from .start import starting_model
 from .transforms import Preprocessing
 from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, load_momenta, lr_at,
-                    optimizer_state, sgd_step, starting_model, train_step)
+                    optimizer_state, sgd_step, train_step)
 
 
 # The layout the CPU trains in: oneDNN's convs are faster on NHWC weights (~12% of a 224 px step).
@@ -42,7 +43,7 @@ class TrialState:
     as flat memory beside the weights, take the training layout once and keep it."""
 
     def __init__(self, config: TrainConfig, num_classes: int, device, train: Split | None = None):
-        self.config = config  # `train`: the training split, which init whiten reads (trial.starting_model)
+        self.config = config  # `train`: the training split, which init whiten reads (start.starting_model)
         self.model = starting_model(config, head_size(config, num_classes), train).to(device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.momenta = [torch.zeros_like(p) for p in self.model.parameters()]
