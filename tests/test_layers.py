@@ -16,6 +16,7 @@ LAYERS = [
     ["cli"],
     ["report", "predict"],   # read what training wrote (and a checkpoint); import no driver
     ["page"],                # the report's page (index.html) and its list of figures
+    ["findings"],            # what a grid taught: effects, intervals, paired ties, conclusions
     ["published"],           # the original study's published table, beside ours
     ["figures"],
     ["grid"],                # presets, expansion, scheduling, resume
@@ -36,7 +37,7 @@ LAYERS = [
     ["device"],
     ["data"],
     ["files"],               # folder locks and atomic writes
-    ["allocator", "progress", "errors"],
+    ["allocator", "progress", "errors", "stats"],  # stats: Wilson intervals, exact McNemar, Spearman
     ["__init__"],            # the public API: re-exports only (imported by everything, imports from below)
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -113,11 +113,13 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_grid(args) -> int:
-    from .grid import grid_scheduler, grid_trials, run_grid
+    from .grid import grid_scheduler, grid_trials, run_grid, with_seeds
     from .results import best_row, summary
     name, trials = grid_trials(args.preset, args.config)
     if args.seed:
         trials = [t.replace(seed=t.seed + args.seed).validate() for t in trials]
+    if args.seeds is not None:
+        trials = with_seeds(trials, args.seeds)
     out = Path(args.out or f"runs/{name}")
     t0 = time.time()
     if args.max_concurrent is not None and args.backend != "ray":
@@ -215,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="added to every trial's seed: the same grid from other random weights, order and crops "
                         "(default 0: the grid's own seeds)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run every configuration N times, from its seed and the next N - 1: replicates, whose mean "
+                        "and spread the results and the report show; the best configuration is then chosen on the "
+                        "mean validation accuracy")
     p.add_argument("--backend", default="local", choices=BACKENDS, help="local (this machine) or ray")
     add_engine_flag(p)
     p.add_argument("--scheduler", default=None, choices=SCHEDULERS,

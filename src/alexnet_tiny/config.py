@@ -221,6 +221,20 @@ def head_size(config: TrainConfig, num_classes: int) -> int:
     return config.outputs or num_classes
 
 
+# The fields each schedule never reads (trial.lr_at): trials that differ only in them (and the seed)
+# are the same configuration trained again, replicates; the study's two gammas are such a pair.
+UNUSED_BY_SCHEDULE = {"constant": ("gamma", "step_size", "warmup_epochs"), "cosine": ("gamma", "step_size"),
+                      "step": ("warmup_epochs",)}
+
+
+def inert_fields(config: dict) -> dict[str, str]:
+    """The hyperparameters that cannot change a run of `config`, each with the reason."""
+    schedule = config.get("schedule")
+    reason = {"constant": "the learning rate never moves (schedule constant)",
+              "cosine": "schedule cosine does not read it", "step": "schedule step has no warmup"}.get(schedule)
+    return {f: reason for f in UNUSED_BY_SCHEDULE.get(schedule, ())}
+
+
 def describe(config: dict) -> str:
     """A configuration in words, seed left out: the nearest preset and what differs from it,
     e.g. "recipe-cpu" or "recipe-cpu, image_size=64" (the first preset wins a tie)."""

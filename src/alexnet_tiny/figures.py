@@ -403,3 +403,75 @@ def grid_heatmap(panels: list[dict], xlabel: str, ylabel: str, title: str, path:
     fig.colorbar(im, ax=list(axes.flat), fraction=0.03, pad=0.02, label="best validation accuracy")
     fig.suptitle(title, fontsize=12, fontweight="bold")
     return _save(fig, path)
+
+
+VAL_COLOUR, TEST_COLOUR, PUBLISHED_COLOUR = "#1f77b4", "#ff7f0e", "#7f7f7f"
+
+
+def _value_axis(ax, values: list) -> list:
+    """x positions for a hyperparameter's values: evenly spaced and labelled (values such as
+    learning rates span decades, strings have no scale)."""
+    ax.set_xticks(range(len(values)), [f"{v:g}" if isinstance(v, float) else str(v) for v in values])
+    return list(range(len(values)))
+
+
+def effects(found: list[dict], published: dict[str, list[tuple]], interaction: dict | None, steps: dict | None,
+            published_steps: list[tuple[float, float]], title: str, path: Path) -> Path:
+    """One panel per hyperparameter that varies (findings.effects): mean validation and test accuracy
+    at each value, bars from the lowest to the highest trial, with the published study's test means
+    where given ({name: [(value, mean)]}); then the two largest effects' interaction, and accuracy
+    against lr / (1 - momentum) with the published points."""
+    panels = found[:4] + ([interaction] if interaction else []) + ([steps] if steps else [])
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, found[:4]):
+        xs = _value_axis(ax, [b["value"] for b in e["values"]])
+        for split, colour, shift in (("val", VAL_COLOUR, -0.06), ("test", TEST_COLOUR, 0.06)):
+            stats = [b.get(split) for b in e["values"]]
+            if any(s is None for s in stats):
+                continue
+            means = [s["mean"] for s in stats]
+            low = [m - s["min"] for m, s in zip(means, stats)]
+            high = [s["max"] - m for m, s in zip(means, stats)]
+            ax.errorbar([x + shift for x in xs], means, yerr=[low, high], fmt="o-", color=colour, capsize=4,
+                        label=f"{split} (mean, trials' range)")
+        if published.get(e["hyperparameter"]):
+            pub = dict(published[e["hyperparameter"]])
+            ax.plot(xs, [pub.get(b["value"], np.nan) for b in e["values"]], "s--", color=PUBLISHED_COLOUR,
+                    label="published test (mean)")
+        note = {"inert": "inert", "none": "no effect", "within noise": "within noise"}.get(e["verdict"], "")
+        ax.set_title(f"{e['hyperparameter']}: {100 * e['size']:.1f} points" + (f" ({note})" if note else ""), fontsize=11)
+        ax.set_xlabel(e["hyperparameter"])
+    if interaction:
+        ax = axes.flat[len(found[:4])]
+        xs = _value_axis(ax, interaction["xs"])
+        for i, line in enumerate(interaction["lines"]):
+            ax.plot(xs, [np.nan if v is None else v for v in line["val"]], "o-", color=plt.get_cmap("tab10")(i),
+                    label=f"{interaction['line']} = {line['value']:g}" if isinstance(line["value"], float)
+                    else f"{interaction['line']} = {line['value']}")
+        ax.set_title(f"interaction: {interaction['x']} x {interaction['line']} (val)", fontsize=11)
+        ax.set_xlabel(interaction["x"])
+    if steps:
+        ax = axes.flat[len(panels) - 1]
+        ax.scatter([p["step"] for p in steps["points"]], [p["val"] for p in steps["points"]], color=VAL_COLOUR,
+                   label="val (each trial)", zorder=3)
+        tests = [(p["step"], p["test"]) for p in steps["points"] if p["test"] is not None]
+        if tests:
+            ax.scatter(*zip(*tests), color=TEST_COLOUR, marker="x", label="test (each trial)", zorder=3)
+        if published_steps:
+            ax.scatter(*zip(*published_steps), color=PUBLISHED_COLOUR, marker="s", facecolors="none",
+                       label="published test")
+        ax.set_xscale("log")
+        ax.set_title("accuracy against lr / (1 - momentum)", fontsize=11)
+        ax.set_xlabel("lr / (1 - momentum)")
+    for ax in axes.flat[:len(panels)]:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, path)

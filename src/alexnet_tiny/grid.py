@@ -144,6 +144,19 @@ def grid_trials(preset: str | None = None, config: Path | str | None = None) -> 
     return preset, expand(GRID_PRESETS[preset], where=f"grid preset {preset}")
 
 
+MAX_SEEDS = 100
+
+
+def with_seeds(trials: list[TrainConfig], seeds: int) -> list[TrainConfig]:
+    """Every trial repeated over `seeds` seeds (its own seed, then the next ones): replicates, which
+    the results and the report aggregate per configuration. Trials that coincide (a grid whose
+    seeds already overlap) run once."""
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {seeds}: expected 1 to {MAX_SEEDS} runs of each configuration")
+    repeated = [t.replace(seed=t.seed + i).validate() for t in trials for i in range(seeds)]
+    return list(dict.fromkeys(repeated))
+
+
 # ----------------------------------------------------------------------------- running
 
 def make_scheduler(scheduler: dict | None, trials: list[TrainConfig]) -> Asha | None:

@@ -28,6 +28,7 @@ FIGURES = {
     "cam": ("grad_cam.png", "class-activation maps (Grad-CAM) over test images"),
     "grid_map": ("grid_map.png", "best validation accuracy over the two hyperparameters that vary most"),
     "accuracy_vs_minutes": ("accuracy_vs_minutes.png", "configurations over seeds: test accuracy against minutes"),
+    "effects": ("effects.png", "each hyperparameter's effect on accuracy, their interaction, lr / (1 - momentum)"),
 }
 
 
@@ -212,6 +213,61 @@ def _published_html(comparison: dict | None) -> list[str]:
             "chooses by validation accuracy and reports test accuracy at that choice.</p>"]
 
 
+def _interval(v: dict | None) -> str:
+    return "–" if v is None else f"{100 * v['accuracy']:.1f} [{100 * v['low']:.1f}, {100 * v['high']:.1f}]"
+
+
+def _paired(c: dict | None, is_best: bool) -> list[str]:
+    if is_best:
+        return ["best", "", "", ""]
+    if c is None:
+        return ["not paired", "", "", ""]
+    return [str(c["best_only"]), str(c["trial_only"]), f"{c['p']:.2g}", "tied" if c["tied"] else "no"]
+
+
+def _findings_html(found: dict | None, best: dict | None, made: dict) -> list[str]:
+    """What the grid taught: the conclusions in words, the study's own checked, the effects figure,
+    and every trial's accuracy with its interval and its paired comparison with the best."""
+    if not found:
+        return []
+    e = html.escape
+    parts = ["<h2>What the grid taught</h2>",
+             '<ul id="conclusions">' + "".join(f"<li>{e(c)}</li>" for c in found["conclusions"]) + "</ul>"]
+    if found["study"]:
+        parts.append('<h3>The study\'s conclusions, checked</h3><div class="scroll"><table id="study-checks">'
+                     '<tr><th class=l>the study</th><th class=l>what these runs say</th></tr>' +
+                     "".join(f"<tr><td class=l>{e(c['claim'])}</td><td class=l>{e(c['verdict'])}</td></tr>"
+                             for c in found["study"]) + "</table></div>")
+    parts.append(_figure(made, "effects", "each hyperparameter's effect: mean validation and test accuracy at each "
+                         "value (the same numbers as the conclusions above)",
+                         "Each value's mean over the trials that share it, bars from the lowest to the highest; "
+                         "grey: the published study's test means."))
+    images = found["images"]
+    head = ("<tr><th class=l>trial</th><th>val % [95% interval]</th><th>only best right</th><th>only it right</th>"
+            "<th>p</th><th>tied with best</th><th>test % [95% interval]</th><th>only best right</th>"
+            "<th>only it right</th><th>p</th><th>tied with best</th></tr>")
+    body = []
+    for t in found["intervals"]:
+        is_best = best is not None and t["trial"] == best["trial"]
+        cells = [t["trial"], _interval(t["val"]), *_paired(found["ties"]["val"]["compared"].get(t["trial"]), is_best),
+                 _interval(t["test"]), *_paired(found["ties"]["test"]["compared"].get(t["trial"]), is_best)]
+        body.append(f"<tr{' class=best' if is_best else ''}><td class=l>{e(cells[0])}</td>" +
+                    "".join(f"<td>{e(c)}</td>" for c in cells[1:]) + "</tr>")
+    parts += [f'<div class="scroll"><table id="intervals">{head}{"".join(body)}</table></div>',
+              f"<p class=sub>Intervals: Wilson 95% on {images.get('val')} val and {images.get('test')} test images. "
+              "Paired: each trial against the best on the same images (exact McNemar test on the images only one of "
+              f"the two got right); tied when p &ge; 0.05, where the difference is within chance.</p>"]
+    if found.get("published_intervals"):
+        rows = "".join(f"<tr><td>{r['lr']}</td><td>{r['momentum']}</td><td>{r['gamma']}</td>"
+                       f"<td>{e(_interval(r['val']))}</td><td>{e(_interval(r['test']))}</td></tr>"
+                       for r in found["published_intervals"])
+        parts.append('<div class="scroll"><table id="published-intervals"><tr><th>lr</th><th>momentum</th>'
+                     f"<th>gamma</th><th>published val % [95%]</th><th>test % [95%]</th></tr>{rows}</table></div>"
+                     "<p class=sub>Published rows: unpaired intervals only, since the study kept no per-image "
+                     "predictions; two of them overlap widely before they differ.</p>")
+    return parts
+
+
 def _public_tiny_imagenet_html(public: dict | None) -> list[str]:
     if not public:
         return []
@@ -254,7 +310,8 @@ def render_html(report: dict, table: tuple[list[str], list[list[str]], int | Non
                      "".join(f"<li>{e(m)}</li>" for m in report["missing"]) + "</ul></div>")
     parts.append("<div class=cards>" + "".join(f"<div class=card>{e(k)}<b>{e(v)}</b></div>" for k, v in cards) + "</div>")
     if best:
-        parts.append(f"<p>Best trial, chosen by validation accuracy only: <code>{e(best['trial'])}</code>.</p>")
+        parts.append(f"<p>Best trial, chosen by validation accuracy only (by a configuration's mean over its runs when "
+                     f"it ran more than once): <code>{e(best['trial'])}</code>.</p>")
     if ev:
         parts.append(f"<p>The best checkpoint is evaluated in <b>{e(ev['precision'])}</b>, the precision its trial "
                      f"was trained and selected in{' (bf16 autocast)' if ev['precision'] == 'bf16' else ''}.</p>")
@@ -267,7 +324,8 @@ def render_html(report: dict, table: tuple[list[str], list[list[str]], int | Non
     if ev:
         parts.append(f"<p>Test accuracy with test-time flip averaging: {pct(ev['test']['flip_accuracy'])} (plain: "
                      f"{pct(ev['test']['accuracy'])}); the table and the selection use plain accuracy.</p>")
-    parts += ["<h2>Results</h2>", _table_html(header, cells, best_index),
+    parts += [*_findings_html(report.get("findings"), best, made),
+              "<h2>Results</h2>", _table_html(header, cells, best_index),
               '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
               f'<a href="{FIGURES["table"][0]}">{FIGURES["table"][0]}</a>; results from each trial&rsquo;s config.json, '
               'curves from its TensorBoard files.</p>',

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import explain, figures, page, published, runlog
+from . import explain, figures, findings, page, published, runlog
 from .checkpoint import load_checkpoint
 from .config import HYPERPARAMETERS, TrainConfig
 from .data import OFFICIAL_VAL, Split, load_dataset
@@ -217,6 +217,45 @@ def compare_published(trials: list[Trial], rows: list[dict], data, device: str, 
     return published.compare(ours) if ours else None
 
 
+# ----------------------------------------------------------------------------- what the grid taught
+
+def per_image_correctness(trials: list[Trial], rows: list[dict], data, device: str, progress: bool, log,
+                          missing: list[str]) -> dict[str, dict[str, list[bool]]]:
+    """Each scored trial's correctness on every val and test image at its best epoch: from the
+    predictions.json that training wrote beside best.pt, else (a run of an earlier version) from
+    evaluating its best.pt once here."""
+    correct = {}
+    for t, r in zip(trials, rows):
+        if r.get("status") not in runlog.SCORED or r.get("best_epoch") is None:
+            continue
+        known = runlog.read_predictions(t.path, r["best_epoch"])
+        if known is None:
+            known = evaluate_correctness(t, r["best_epoch"], data, device, progress, log, missing)
+        if known is not None:
+            correct[t.name] = known
+    return correct
+
+
+def evaluate_correctness(trial: Trial, epoch: int, data, device: str, progress: bool, log,
+                         missing: list[str]) -> dict[str, list[bool]] | None:
+    path, root = trial.path / runlog.BEST_CKPT, trial_dataset(trial, data)
+    if not path.exists() or not (root / "dataset.json").exists():
+        missing.append(f"trial {trial.name}: no {runlog.PREDICTIONS_FILE}, and no {runlog.BEST_CKPT} or dataset to "
+                       f"redo it: its accuracy gets an interval but no paired comparison")
+        return None
+    log(f"report: evaluating {path} on val and test (no {runlog.PREDICTIONS_FILE}: a run of an earlier version)")
+    opened = open_checkpoint(path, root, device, progress, missing)
+    if opened is None:
+        return None
+    saved, dataset = opened
+    if saved.ckpt.get("epoch") != epoch:
+        missing.append(f"trial {trial.name}: {runlog.BEST_CKPT} holds epoch {saved.ckpt.get('epoch')}, "
+                       f"{runlog.CONFIG_FILE} says {epoch}: no paired comparison")
+        return None
+    return {name: (saved.evaluate(dataset.splits[name], dataset.num_classes).predicted ==
+                   dataset.splits[name].labels.cpu()).tolist() for name in runlog.PREDICTED_SPLITS}
+
+
 # ----------------------------------------------------------------------------- the best checkpoint
 
 def evaluate_best(trial: Trial, data, samples: int, seed: int, device: str, progress: bool,
@@ -329,7 +368,8 @@ def table_view(rows: list[dict], trials: list[Trial]) -> tuple[list[str], list[l
 
 
 def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | None, evaluation: dict | None,
-                 runs_name: str, groups: list[dict], kernels: list, gridmap: dict | None) -> dict[str, str]:
+                 runs_name: str, groups: list[dict], kernels: list, gridmap: dict | None, found: dict | None = None,
+                 comparison: dict | None = None) -> dict[str, str]:
     """Every figure that the data allows; returns {figure key: file name}. Stale ones are removed."""
     for name in FIGURES.values():
         (out / name).unlink(missing_ok=True)
@@ -386,6 +426,17 @@ def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | 
         made["grid_map"] = figures.grid_heatmap(gridmap["panels"], gridmap["x"], gridmap["y"],
                                                 f"Best validation accuracy over {gridmap['x']} and {gridmap['y']}",
                                                 out / FIGURES["grid_map"]).name
+    if found and (found["effects"] or found["steps"]):
+        published_means, published_steps = {}, []
+        for h in (published.MATCHED if comparison else ()):
+            values = sorted({r[h] for r in comparison["rows"]})
+            published_means[h] = [(v, sum(r["published"]["test"] for r in comparison["rows"] if r[h] == v) /
+                                   sum(r[h] == v for r in comparison["rows"])) for v in values]
+        if comparison:
+            published_steps = [(r["lr"] / (1 - r["momentum"]), r["published"]["test"]) for r in comparison["rows"]]
+        made["effects"] = figures.effects(found["effects"], published_means, found["interaction"], found["steps"],
+                                          published_steps, f"What the grid taught: {runs_name}",
+                                          out / FIGURES["effects"]).name
     if compares_configurations(groups):
         made["accuracy_vs_minutes"] = figures.accuracy_vs_minutes(
             groups, f"Test accuracy against minutes: {runs_name}\n(mean and standard deviation over seeds)",
@@ -445,26 +496,27 @@ def _write_report(runs_dirs: list[Path], out: Path, progress: bool, log, data, s
         evaluation = evaluate_best(trial, data, samples, seed, device, progress, missing)
     elif trials:
         missing.append("no trial has validation accuracy: no best trial, per-class accuracy or samples")
-    for m in missing:
-        log(f"report: missing: {m}")
-
     write_results(out, rows, columns=COLUMNS, best=best)
     comparison = compare_published(trials, rows, data, device, progress, log, missing)
     if comparison is not None:
         with atomic_path(out / PUBLISHED_MD) as tmp:
             tmp.write_text(published.format_markdown(comparison))
     groups = seed_groups(rows)
+    correct = per_image_correctness(trials, rows, data, device, progress, log, missing)
+    found = findings.find(rows, best, correct, groups, comparison)
     gridmap = grid_map(rows)
     kernels, kernel_info = (kernel_panels(best, rows, trials, missing, evaluation["train_split"])
                             if evaluation is not None else ([], {}))
     name = " + ".join(d.resolve().name for d in runs_dirs)
-    made = draw_figures(out, trials, rows, best, evaluation, name, groups, kernels, gridmap)
+    made = draw_figures(out, trials, rows, best, evaluation, name, groups, kernels, gridmap, found, comparison)
     report = {"name": name, "runs_dir": where,
               "generated": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
-              "trials": rows, "best": best, "configurations": groups, "grid_map": gridmap, "kernels": kernel_info,
+              "findings": found, "trials": rows, "best": best, "configurations": groups, "grid_map": gridmap, "kernels": kernel_info,
               "figures": made, "missing": missing, "published": comparison,
               "public_tiny_imagenet": public_tiny_imagenet(evaluation),
               "evaluation": {k: v for k, v in evaluation.items() if k not in ARRAYS} if evaluation else None}
+    for m in missing:
+        log(f"report: missing: {m}")
     write_json(out / REPORT_JSON, report)
     with atomic_path(out / "index.html") as tmp:
         best_index = next((i for i, r in enumerate(rows) if r["best"]), None)

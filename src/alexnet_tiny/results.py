@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from . import runlog
-from .config import HYPERPARAMETERS, TrainConfig, describe
+from .config import HYPERPARAMETERS, TrainConfig, describe, inert_fields
 from .files import atomic_path
 
 RESULTS_CSV, RESULTS_MD = "results.csv", "results.md"
@@ -53,10 +53,16 @@ def run_metrics(record: dict | None, status: str = "pending") -> dict:
 def best_row(rows: list[dict], finished_only: bool = True) -> dict | None:
     """Best trial by validation accuracy alone (never test); ties go to the earlier trial. Only
     finished trials (status done, or stopped early by the scheduler) count unless `finished_only`
-    is False."""
+    is False. When a configuration was run more than once (seeds, seed_groups), the choice is made
+    on configurations, by their mean validation accuracy, and the best run of that one is returned."""
     scored = [r for r in rows if r.get("best_val_accuracy") is not None
               and (r["status"] in runlog.SCORED or not finished_only)]
-    return max(scored, key=lambda r: r["best_val_accuracy"], default=None)
+    best = max(scored, key=lambda r: r["best_val_accuracy"], default=None)
+    groups = seed_groups(scored) if finished_only else []
+    if best is not None and any(len(g["runs"]) > 1 for g in groups):
+        top = {run["trial"] for run in max(groups, key=lambda g: g["best_val_accuracy"]["mean"])["runs"]}
+        best = max((r for r in scored if r["trial"] in top), key=lambda r: r["best_val_accuracy"])
+    return best
 
 
 def summary(rows: list[dict]) -> str:
@@ -87,17 +93,23 @@ GROUP_METRICS = ("best_val_accuracy", "test_accuracy_at_best", "minutes")
 
 
 def seed_groups(rows: list[dict]) -> list[dict]:
-    """The done trials that differ only in their seed, as one configuration each (in the order they
-    first appear): its label (config.describe), its runs ({seed, trial, and GROUP_METRICS}: best
-    validation accuracy, test accuracy at that epoch, and minutes, the epochs' training and evaluation
-    seconds), and the mean and sample standard deviation (None for one seed) of each metric."""
+    """The done trials that differ only in their seed (and in fields their schedule never reads,
+    config.inert_fields: replicates too), as one configuration each (in the order they first appear):
+    its label (config.describe), its runs ({seed, trial, and GROUP_METRICS}: best validation accuracy,
+    test accuracy at that epoch, and minutes, the epochs' training and evaluation seconds), the mean
+    and sample standard deviation (None for one seed) of each metric, and `inert`: the fields in which
+    its runs differ with no effect, each with the reason."""
     groups: dict[tuple, dict] = {}
+    members: dict[tuple, dict] = {}  # each group's first row
     for r in rows:
         if r.get("status") != runlog.STATUS_DONE or r.get("test_accuracy_at_best") is None or r.get("seconds") is None:
             continue
-        config = {h: r.get(h) for h in HYPERPARAMETERS if h != "seed"}
-        group = groups.setdefault(tuple(map(repr, config.values())),
-                                  {"label": describe(config), "config": config, "runs": []})
+        inert = inert_fields(r)
+        config = {h: r.get(h) for h in HYPERPARAMETERS if h != "seed" and h not in inert}
+        key = tuple(map(repr, config.values()))
+        group = groups.setdefault(key, {"label": describe(config), "config": config, "runs": [], "inert": {}})
+        first = members.setdefault(key, r)
+        group["inert"].update({h: reason for h, reason in inert.items() if r.get(h) != first.get(h)})
         group["runs"].append({"seed": r.get("seed"), "trial": r["trial"], "best_val_accuracy": r["best_val_accuracy"],
                               "test_accuracy_at_best": r["test_accuracy_at_best"], "minutes": r["seconds"] / 60})
     for g in groups.values():

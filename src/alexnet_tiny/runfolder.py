@@ -128,6 +128,7 @@ class RunFolder:
         self.last_on_disk = 0  # the epoch last.pt holds
         self.writer = None
         self.row: dict | None = None
+        self.best_predictions: dict | None = None  # the best epoch's val and test predictions (with labels)
 
     @property
     def epochs_done(self) -> int:
@@ -186,6 +187,8 @@ class RunFolder:
         improved = val.accuracy > self.best["val_accuracy"]
         if improved:
             self.best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
+            self.best_predictions = {name: (ev.predicted.tolist(), self.dataset.splits[name].labels.tolist())
+                                     for name, ev in (("val", val), ("test", test)) if ev.predicted is not None}
         return improved
 
     @property
@@ -194,10 +197,12 @@ class RunFolder:
 
     def save_best(self, state_dict: dict) -> None:
         """best.pt: the weights of the best epoch so far (labelled with that epoch, also when the
-        engine writes it epochs later)."""
+        engine writes it epochs later), then predictions.json, that epoch's predictions."""
         atomic_torch_save(checkpoint_dict(state_dict, self.best["epoch"], self.config, self.dataset, self.best,
                                           self.elapsed, self.precision), self.out / runlog.BEST_CKPT)
         self.best_on_disk = dict(self.best)
+        if self.best_predictions is not None:
+            runlog.write_predictions(self.out, self.best["epoch"], self.best_predictions)
         runlog.write_config(self.out, self.record(runlog.STATUS_RUNNING))
 
     def save_last(self, state_dict: dict, optimizer: dict) -> None:

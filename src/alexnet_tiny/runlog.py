@@ -4,6 +4,8 @@
     <run>/metrics.jsonl   one JSON object per epoch (the same values as the scalars)
     <run>/events.out.tfevents.*   TensorBoard scalars (TAGS) and hparams
     <run>/last.pt, best.pt        checkpoints (best = best validation accuracy)
+    <run>/predictions.json        best.pt's prediction for every val and test image, with its epoch
+                                  (the report's paired comparisons read it instead of re-evaluating)
 
 and, in a grid folder, grid.json (its trials) and asha.jsonl (a Ray grid's ASHA decisions, in order).
 """
@@ -16,6 +18,8 @@ from .files import atomic_path, write_json
 from .errors import UserError
 
 CONFIG_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT = "config.json", "metrics.jsonl", "last.pt", "best.pt"
+PREDICTIONS_FILE = "predictions.json"
+PREDICTED_SPLITS = ("val", "test")  # the splits whose every prediction a run keeps (of its best epoch)
 GRID_FILE = "grid.json"  # a grid folder's list of trials (grid.py writes it, the report reads it)
 DECISIONS_FILE = "asha.jsonl"  # a Ray grid's ASHA decisions, one JSON object per line in the order taken
 
@@ -86,6 +90,25 @@ def read_jsonl(path: Path) -> list[dict]:
 def append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def write_predictions(run: Path, epoch: int, splits: dict[str, tuple[list[int], list[int]]]) -> None:
+    """predictions.json: {"epoch", "splits": {split: {"predicted": [...], "label": [...]}}}."""
+    write_json(run / PREDICTIONS_FILE, {"epoch": epoch, "splits": {
+        name: {"predicted": predicted, "label": label} for name, (predicted, label) in splits.items()}})
+
+
+def read_predictions(run: Path, epoch: int | None) -> dict[str, list[bool]] | None:
+    """Each val and test image's correctness at `epoch` (best.pt's), or None when the run kept none
+    for that epoch (a run of an earlier version, or a file that does not parse)."""
+    try:
+        saved = json.loads((run / PREDICTIONS_FILE).read_text())
+        if saved["epoch"] != epoch:
+            return None
+        return {name: [p == y for p, y in zip(split["predicted"], split["label"], strict=True)]
+                for name, split in saved["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(run: Path) -> list[dict]:
