@@ -127,6 +127,20 @@ def test_trials_stopped_at_a_rung_are_left_out_of_the_effects(tmp_path):
     assert stopped in found["ties"]["val"]["compared"]  # still compared with the best
 
 
+def test_an_effect_only_stopped_trials_vary_is_measured_with_them_and_marked(tmp_path):
+    """The main job's usual end: ASHA stopped every other lr, the finished trials are one lr's seeds."""
+    grid = tmp_path / "grid"
+    base = PRESETS["quick"]
+    for seed in (0, 1):
+        plant(grid, base.replace(seed=seed), 290 + seed, 270)
+    plant(grid, base.replace(lr=0.02), 60, 55, status="stopped", epoch=1)
+    found = report_of(grid, tmp_path)[0]["findings"]
+    lr = next(e for e in found["effects"] if e["hyperparameter"] == "lr")
+    assert lr["with_stopped"] and lr["verdict"] == "effect" and lr["size"] == pytest.approx((290.5 - 60) / IMAGES)
+    said = " ".join(found["conclusions"])
+    assert "lr* 46.1 points" in said and "effects marked * include them" in said
+
+
 def test_the_seed_grids_twins_are_replicates_and_gamma_is_inert(tmp_path):
     """The study's grid: each (lr, momentum) twice, gamma 0.1 with seed 0 and 0.01 with seed 1; its
     schedule never reads gamma. Our twins count as one configuration's replicates, and the study's

@@ -443,7 +443,9 @@ def effects(found: list[dict], published: dict[str, list[tuple]], interaction: d
             ax.plot(xs, [pub.get(b["value"], np.nan) for b in e["values"]], "s--", color=PUBLISHED_COLOUR,
                     label="published test (mean)")
         note = {"inert": "inert", "none": "no effect", "within noise": "within noise"}.get(e["verdict"], "")
-        ax.set_title(f"{e['hyperparameter']}: {100 * e['size']:.1f} points" + (f" ({note})" if note else ""), fontsize=11)
+        star = "*" if e.get("with_stopped") else ""  # measured with trials stopped early (findings.find)
+        ax.set_title(f"{e['hyperparameter']}{star}: {100 * e['size']:.1f} points" + (f" ({note})" if note else ""),
+                     fontsize=11)
         ax.set_xlabel(e["hyperparameter"])
     if interaction:
         ax = axes.flat[len(found[:4])]

@@ -222,7 +222,8 @@ def conclusions(found: list[dict], best: dict, tie: dict, steps: dict | None, re
     real = [e for e in found if e["verdict"] == "effect"]
     if real:
         said.append("Ranked by effect on validation accuracy (range of the means over each one's values): " + "; ".join(
-            f"{e['hyperparameter']} {100 * e['size']:.1f} points" for e in real) + ".")
+            f"{e['hyperparameter']}{'*' if e.get('with_stopped') else ''} {100 * e['size']:.1f} points"
+            for e in real) + ".")
     for e in found:
         if e["verdict"] == "inert":
             said.append(f"{e['hyperparameter']} had no effect by construction: {e['inert']}; its values are replicates.")
@@ -271,22 +272,24 @@ def find(rows: list[dict], best: dict | None, correct: dict, groups: list[dict],
     images = {s: next((len(c[s]) for c in correct.values() if s in c), None) for s in SPLITS}
     if images["val"] is None and comparison is not None:
         images = {s: SPLIT_IMAGES[s] for s in SPLITS}  # the seed preset's splits
-    # trials stopped early at a rung scored at fewer epochs: effects compare the finished ones
+    # Trials stopped early at a rung were scored at fewer epochs: an effect is measured on the finished
+    # trials where they vary it, else on all scored ones (ASHA stopped every other value), said so.
     done = [r for r in scored if r["status"] == runlog.STATUS_DONE]
-    pool = done if len(done) >= 2 else scored
-    found = effects(pool, images)
+    found = effects(done, images)
+    on_done = {e["hyperparameter"] for e in found}
+    with_stopped = [dict(e, with_stopped=True) for e in effects(scored, images) if e["hyperparameter"] not in on_done]
+    found = sorted(found + with_stopped, key=lambda e: (e["verdict"] != "effect", -e["size"]))
     tie = ties(scored, best, correct)
-    steps = step_view(pool)
+    steps = step_view(done) or step_view(scored)
     replicates = replicate_spread(groups, images)
     said = conclusions(found, best, tie, steps, replicates, groups)
     stopped = len(scored) - len(done)
     if stopped:
-        said.insert(1 if found else 0, f"{stopped} trial(s) stopped early at a rung (ASHA): " + (
-            "the effects compare the finished ones." if pool is done else
-            "fewer than two finished, so the effects compare trials scored after different numbers of epochs, "
-            "which exaggerates them."))
+        said.insert(1 if found else 0, f"{stopped} trial(s) stopped early at a rung (ASHA) are scored at the epoch "
+                    "they stopped: " + ("effects marked * include them, which exaggerates those." if with_stopped
+                                        else "the effects compare the finished trials."))
     result = {"images": images, "intervals": trial_intervals(scored, correct, images), "ties": tie, "effects": found,
-              "effects_over": [r["trial"] for r in pool], "interaction": interaction(pool, found), "steps": steps,
+              "effects_over": [r["trial"] for r in done], "interaction": interaction(scored if any(e.get("with_stopped") for e in found[:2]) else done, found), "steps": steps,
               "replicates": replicates, "conclusions": said, "study": None}
     if comparison is not None:
         result["study"] = study_checks(comparison, best, tie["test"]["tied"])

@@ -353,3 +353,20 @@ def render_html(report: dict, table: tuple[list[str], list[list[str]], int | Non
               "<h2>Hyperparameters</h2>", _hyperparameter_table(trials, best)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def notebook_html(report: dict, figures_as: dict) -> str:
+    """A report shown in Jupyter (report.Report): what the grid taught, then the results table; the
+    figures given as `figures_as` {key: src} (data URIs: a notebook cell cannot link the folder)."""
+    e = html.escape
+    rows = report["trials"]
+    varying = [h for h in HYPERPARAMETERS if len({repr(r.get(h)) for r in rows}) > 1]
+    columns = ["trial", *varying, "status", "best_val_accuracy", "test_accuracy_at_best", "best_epoch"]
+    header = [{"best_val_accuracy": "best val", "test_accuracy_at_best": "test at best",
+               "best_epoch": "epoch"}.get(c, c) for c in columns]
+    cells = [[format_value(r.get(c), c) for c in columns] for r in rows]
+    best_index = next((i for i, r in enumerate(rows) if r.get("best")), None)
+    parts = [f"<h3>alexnet-tiny report: {e(report['name'])}</h3>",
+             *_findings_html(report.get("findings"), report.get("best"), figures_as),
+             "<h2>Results</h2>", _table_html(header, cells, best_index)]
+    return f"<div>{''.join(parts)}</div>"

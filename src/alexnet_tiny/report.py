@@ -17,6 +17,7 @@ then summarised as one configuration (results.seed_groups).
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import textwrap
@@ -522,6 +523,41 @@ def _write_report(runs_dirs: list[Path], out: Path, progress: bool, log, data, s
         best_index = next((i for i, r in enumerate(rows) if r["best"]), None)
         tmp.write_text(page.render_html(report, (*table_view(rows, trials)[:2], best_index), trials, made))
     return out
+
+
+class Report(dict):
+    """A written report: its report.json as a dict, which displays itself in Jupyter (what the grid
+    taught, with the effects figure, and the results table); `folder` holds index.html and the rest."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        path = self.folder / REPORT_JSON
+        try:
+            super().__init__(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no report there (write one with write_report or `alexnet-tiny report`)") from None
+        except ValueError as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+
+    @property
+    def conclusions(self) -> list[str]:
+        """What the grid taught, in words (empty when no trial was scored)."""
+        return (self.get("findings") or {}).get("conclusions", [])
+
+    def _repr_html_(self) -> str:
+        inline = {}
+        for key, name in self.get("figures", {}).items():
+            if (self.folder / name).exists():
+                inline[key] = "data:image/png;base64," + base64.b64encode((self.folder / name).read_bytes()).decode()
+        return page.notebook_html(self, inline)
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.folder)!r}): " + summary_line(self.folder)
+
+
+def read_report(out: Path | str) -> Report:
+    """The report written in `out` (what write_report returns), for a notebook or a script."""
+    return Report(out)
 
 
 def summary_line(out: Path | str) -> str:
