@@ -104,6 +104,9 @@ def test_every_command_at_200_classes(tmp_path):
     public = report["public_tiny_imagenet"]
     assert public["ours"]["test"] == report["evaluation"]["test"]["accuracy"] and len(public["rows"]) >= 3
     assert 'id="public-tiny-imagenet"' in (work / "runs-200" / "report" / "index.html").read_text()
+    found = report["findings"]  # what the grid taught, at 200 classes
+    assert found["images"]["test"] == report["evaluation"]["test"]["images"] >= 200 and found["conclusions"]
+    assert '<ul id="conclusions">' in (work / "runs-200" / "report" / "index.html").read_text()
     for png in (work / "runs-200" / "report").glob("*.png"):
         assert max(Image.open(png).size) <= 4200, png.name  # figures a person can read at 200 classes
     assert (work / "runs-200" / "cam.png").exists()

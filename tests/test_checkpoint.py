@@ -96,10 +96,25 @@ def test_predict_with_random_bytes_is_one_line_error(tmp_path):
     ({"classes": {"wnids": ["n01", "n02"], "names": ["a"]}},
      "its classes entry has no classes, or wnids and names of other lengths"),
     ({"preprocessing": [64]}, "its preprocessing entry is a list, expected a dict"),
-    ({"epoch": "one"}, "its epoch entry is a str, expected a int")])
+    ({"epoch": "one"}, "its epoch entry is a str, expected a int"),
+    ({"model": {"classifier.1.weight": torch.empty(10 ** 9, 0)}},  # built as it says: 36 TB
+     "classifier.1.weight has shape (1000000000, 0), expected (hidden, 9216) with hidden 1 to 16384"),
+    ({"model": {"classifier.1.weight": torch.empty(8, 9216), "classifier.6.weight": torch.empty(10 ** 6, 8)}},
+     "classifier.6.weight has shape (1000000, 8), expected (outputs 1 to 100000, 8)"),
+    ({"model": {"classifier.6.bias": torch.tensor([0.0, float("nan"), 1.0])}},
+     "classifier.6.bias holds non-finite weights (NaN or infinity): a diverged or damaged run")])
 def test_right_keys_with_wrong_contents_are_refused(change, reason, tmp_path):
     path = tmp_path / "odd.pt"
     torch.save({**small_checkpoint(), **change}, path)
     assert refusal(path, mmap=False) == f"not an alexnet-tiny checkpoint ({reason})"
     proc = run_cli("evaluate", path, "--device", "cpu")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr
+
+
+@pytest.mark.parametrize("preprocessing", [
+    {"image_size": 10 ** 6, "resize": 10 ** 6, "mean": [0.5] * 3, "std": [0.2] * 3},
+    {"image_size": 60000, "resize": 64, "mean": [0.5] * 3, "std": [0.2] * 3, "input": "pad"}])
+def test_a_preprocessing_that_asks_for_huge_images_is_refused(preprocessing, tmp_path):
+    from alexnet_tiny.evaluate import checkpoint_preprocessing
+    with pytest.raises(UserError, match=r"expected at most 1024 \(this tool trains at most 512\)"):
+        checkpoint_preprocessing({"preprocessing": preprocessing}, tmp_path / "foreign.pt")

@@ -168,15 +168,15 @@ INVALID_FLAGS = [(["--lr", "0"], "lr = 0.0: expected a number > 0"),
                  (["--momentum", "1"], "momentum = 1.0: expected a number in [0, 1)"),
                  (["--gamma", "0"], "gamma = 0.0: expected a number in (0, 1]"),
                  (["--gamma", "1.1"], "gamma = 1.1: expected a number in (0, 1]"),
-                 (["-b", "0"], "batch_size = 0: expected an integer >= 1"),
-                 (["--epochs", "0"], "epochs = 0: expected an integer >= 1"),
-                 (["--step-size", "0"], "step_size = 0: expected an integer >= 1"),
-                 (["--image-size", "32"], "image_size = 32: expected an integer >= 64"),
+                 (["-b", "0"], "batch_size = 0: expected an integer from 1 to 4096"),
+                 (["--epochs", "0"], "epochs = 0: expected an integer from 1 to 10000"),
+                 (["--step-size", "0"], "step_size = 0: expected an integer from 1 to 10000"),
+                 (["--image-size", "32"], "image_size = 32: expected an integer from 64 to 512"),
                  (["--preset", "fast"], "--preset fast: unknown (expected one of seed, readme, quick"),
                  (["--lr", "inf"], "lr = inf: expected a finite number"),
                  (["--weight-decay", "nan"], "weight_decay = nan: expected a finite number"),
                  (["--warmup-epochs", "2"], "warmup_epochs = 2: expected 0 with schedule constant"),
-                 (["--outputs", "-1"], "outputs = -1: expected an integer >= 0")]
+                 (["--outputs", "-1"], "outputs = -1: expected an integer from 0 to 100000 (0: one per class)")]
 
 
 @pytest.mark.parametrize("flags,message", INVALID_FLAGS)

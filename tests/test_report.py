@@ -461,10 +461,15 @@ def test_page_in_headless_chromium(report, tmp_path):
     assert {i["src"] for i in images} == set(FIGURES.values()) - {FIGURES["table"]}
     assert all(i["ok"] for i in images), images
     dom = proc.stdout
-    for heading in ("What the network learned", "First-layer kernels", "Top-5 predictions",
+    for heading in ("What the grid taught", "What the network learned", "First-layer kernels", "Top-5 predictions",
                     "Nearest neighbours in feature space", "Class-activation maps", "The grid as a picture"):
         assert f">{heading}</h" in dom, heading
     assert not re.search(r"<img(?![^>]*\balt=\"[^\"]{12,})", dom)  # every figure has alt text
+    conclusions = re.search(r'<ul id="conclusions">(.*?)</ul>', dom, re.S).group(1)
+    findings = json.loads((out / "report.json").read_text())["findings"]
+    assert conclusions.count("<li>") == len(findings["conclusions"]) >= 3
+    intervals = re.search(r'<table id="intervals">(.*?)</table>', dom, re.S).group(1)
+    assert intervals.count("<tr") == 1 + len(findings["intervals"])
     per_class = re.search(r'<table id="per-class">(.*?)</table>', dom, re.S).group(1)
     assert per_class.count("<tr>") == 4 and all(f">colour{k}<" in per_class for k in range(3))
     confusion = re.search(r'<table id="confusion">(.*?)</table>', dom, re.S).group(1)

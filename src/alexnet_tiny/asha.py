@@ -25,6 +25,9 @@ from .errors import UserError
 SCHEDULERS = ("none", "asha")
 
 
+MAX_RUNGS = 100  # a factor just above 1 would ask for billions of rungs (and as many steps to list them)
+
+
 @dataclass
 class Asha:
     max_t: int
@@ -35,13 +38,16 @@ class Asha:
     def __post_init__(self):
         if self.grace_period < 1:
             raise UserError(f"--grace-period {self.grace_period}: expected an integer >= 1")
-        if not self.reduction_factor > 1:
+        if not 1 < self.reduction_factor < math.inf:
             raise UserError(f"--reduction-factor {self.reduction_factor:g}: expected a number > 1")
         if self.grace_period > self.max_t:
             raise UserError(f"--grace-period {self.grace_period}: expected at most the grid's longest trial "
                             f"({self.max_t} epochs)")
         # Tune's count of rungs, computed as Tune does; a fractional milestone is reached at the epoch after it
         count = int(np.log(self.max_t / self.grace_period) / np.log(self.reduction_factor) + 1)
+        if count > MAX_RUNGS:
+            raise UserError(f"--reduction-factor {self.reduction_factor!r}: gives {count:,} rungs below epoch "
+                            f"{self.max_t}; expected a factor that gives at most {MAX_RUNGS} (such as 2 or 3)")
         self.recorded = {math.ceil(round(self.grace_period * self.reduction_factor ** k, 9)): {} for k in range(count)}
 
     @property

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .config import MAX_OUTPUTS
 from .errors import UserError
 from .model import AlexNet
 
@@ -56,14 +57,15 @@ def load_checkpoint(path: Path | str, map_location="cpu", mmap: bool = False) ->
         raise UserError(f"{path}: {why}") from None
     if not isinstance(ckpt, dict) or not {"model", "classes", "preprocessing"} <= ckpt.keys():
         raise UserError(f"{path}: not an alexnet-tiny checkpoint (expected model, classes and preprocessing)")
-    problem = contents_problem(ckpt)
+    problem = contents_problem(ckpt, values=not mmap)  # mapped: for its header fields, left unread
     if problem:
         raise UserError(f"{path}: not an alexnet-tiny checkpoint ({problem})")
     return ckpt
 
 
-def contents_problem(ckpt: dict) -> str | None:
-    """What is wrong inside a checkpoint whose top-level keys are right (None when nothing is)."""
+def contents_problem(ckpt: dict, values: bool = True) -> str | None:
+    """What is wrong inside a checkpoint whose top-level keys are right (None when nothing is);
+    `values`: also read every weight (non-finite ones)."""
     model, classes = ckpt["model"], ckpt["classes"]
     if not isinstance(model, dict) or not model or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
@@ -76,7 +78,34 @@ def contents_problem(ckpt: dict) -> str | None:
     for key, kind in (("preprocessing", dict), ("config", dict), ("best", dict), ("dataset", dict), ("epoch", int)):
         if key in ckpt and not isinstance(ckpt[key], kind):
             return f"its {key} entry is a {type(ckpt[key]).__name__}, expected a {kind.__name__}"
+    return shape_problem(model) or (finite_problem(model) if values else None)
+
+
+MAX_HIDDEN = 16_384  # AlexNet's fully connected width is 4,096; the tests' narrow one 256
+FC1_INPUTS = 256 * 6 * 6
+
+
+def shape_problem(model: dict) -> str | None:
+    """Shapes that are not AlexNet's, checked before any layer is built from them (a foreign file
+    could ask for terabytes): the fully connected layers' widths within bounds, FC1 reading the 9,216
+    features of the pooled 6 x 6 x 256 map, FC2 square, the head reading FC2."""
+    def shape(name: str) -> tuple | None:
+        return tuple(model[name].shape) if name in model else None
+    fc1, fc2, head = shape("classifier.1.weight"), shape("classifier.4.weight"), shape("classifier.6.weight")
+    if fc1 is not None and (len(fc1) != 2 or fc1[1] != FC1_INPUTS or not 1 <= fc1[0] <= MAX_HIDDEN):
+        return f"classifier.1.weight has shape {fc1}, expected (hidden, {FC1_INPUTS}) with hidden 1 to {MAX_HIDDEN}"
+    hidden = fc1[0] if fc1 is not None else None
+    if fc2 is not None and hidden is not None and fc2 != (hidden, hidden):
+        return f"classifier.4.weight has shape {fc2}, expected ({hidden}, {hidden})"
+    if head is not None and (len(head) != 2 or (hidden is not None and head[1] != hidden)
+                             or not 1 <= head[0] <= MAX_OUTPUTS):
+        return f"classifier.6.weight has shape {head}, expected (outputs 1 to {MAX_OUTPUTS}, {hidden})"
     return None
+
+
+def finite_problem(model: dict) -> str | None:
+    bad = next((name for name, t in model.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    return f"{bad} holds non-finite weights (NaN or infinity): a diverged or damaged run" if bad else None
 
 
 def checkpoint_outputs(ckpt: dict) -> int:

@@ -8,6 +8,14 @@ from dataclasses import dataclass, fields
 from .errors import UserError
 
 
+# Upper bounds: past them a run fails mid-way (memory, integer overflow) or is a typo.
+MAX_IMAGE_SIZE = 512  # the presets use 64 to 224
+MAX_SEED = 2 ** 31 - 1  # each epoch's generator is seeded with seed * 100_003 + epoch (trial.epoch_seed)
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+MAX_OUTPUTS = 100_000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. The defaults are plain AlexNet training as the study's README describes it
@@ -43,12 +51,12 @@ class TrainConfig:
             ("lr", self.lr > 0, "a number > 0"),
             ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
             ("gamma", 0 < self.gamma <= 1, "a number in (0, 1]"),
-            ("step_size", self.step_size >= 1, "an integer >= 1"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("image_size", self.image_size >= 64, "an integer >= 64"),
+            ("step_size", 1 <= self.step_size <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
+            ("batch_size", 1 <= self.batch_size <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH}"),
+            ("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
+            ("image_size", 64 <= self.image_size <= MAX_IMAGE_SIZE, f"an integer from 64 to {MAX_IMAGE_SIZE}"),
             ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
              "an integer >= 0 and below epochs"),
@@ -61,7 +69,7 @@ class TrainConfig:
             ("init", self.init in INITS, f"one of {', '.join(INITS)}"),
             ("dropout", 0 <= self.dropout < 1, "a number in [0, 1)"),
             ("input", self.input in INPUTS, f"one of {', '.join(INPUTS)}"),
-            ("outputs", self.outputs >= 0, "an integer >= 0 (0: one per class)"),
+            ("outputs", 0 <= self.outputs <= MAX_OUTPUTS, f"an integer from 0 to {MAX_OUTPUTS} (0: one per class)"),
             ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum is 0 (Nesterov needs momentum)"),
         ]
         for name, ok, expected in checks:

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import sys
 import zipfile
 import zlib
@@ -54,6 +55,9 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 # ----------------------------------------------------------------------------- sources
+
+MAX_MEMBER_BYTES = 64 << 20  # the largest file of Tiny ImageNet (words.txt) is 2.6 MB, an image a few kB
+
 
 class Source:
     """Read-only view of a Tiny ImageNet tree (zip or folder) by paths relative to its root,
@@ -112,13 +116,36 @@ class Source:
         return rel in self._names
 
     def read(self, rel: str) -> bytes:
+        """A member's bytes. Refused before reading: a member larger than MAX_MEMBER_BYTES (declared
+        by the zip, or found while reading: a zip bomb inflates far past its declared size only if it
+        lies, and then the read stops at the limit), and in a folder anything but a regular file (a
+        FIFO would block forever, /dev/zero never ends)."""
         try:
             if self._zip is not None:
-                return self._zip.read(self._names[rel])
-            return Path(self._names[rel]).read_bytes()
+                info = self._zip.getinfo(self._names[rel])
+                self._check_size(rel, info.file_size)
+                with self._zip.open(info) as f:
+                    blob = f.read(MAX_MEMBER_BYTES + 1)
+                self._check_size(rel, len(blob))
+                return blob
+            path = self._names[rel]
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{self.describe(rel)}: not a regular file (a FIFO, device or socket); expected "
+                                f"an image or text file")
+            self._check_size(rel, st.st_size)
+            with open(path, "rb") as f:
+                blob = f.read(MAX_MEMBER_BYTES + 1)
+            self._check_size(rel, len(blob))
+            return blob
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             # a bad CRC, a damaged or truncated member, an unsupported compression, an encrypted member
             raise UserError(f"{self.describe(rel)}: cannot be read from the archive ({e})") from None
+
+    def _check_size(self, rel: str, size: int) -> None:
+        if size > MAX_MEMBER_BYTES:
+            raise UserError(f"{self.describe(rel)}: {size:,} bytes, over the limit of {MAX_MEMBER_BYTES:,} for a "
+                            f"member of a Tiny ImageNet tree (its images are a few kB; a zip bomb?)")
 
     def describe(self, rel: str) -> str:
         return f"{self.path}:{self._names.get(rel, rel)}"
@@ -156,7 +183,12 @@ class Item:
 def read_wnids(source: Source) -> list[str]:
     if not source.has("wnids.txt"):
         raise UserError(f"{source.path}: missing wnids.txt")
-    return sorted(source.read_text("wnids.txt").split())
+    listed = source.read_text("wnids.txt").lstrip("\ufeff").split()  # a byte-order mark is no part of a wnid
+    seen: set[str] = set()
+    twice = next((w for w in listed if w in seen or seen.add(w)), None)
+    if twice is not None:
+        raise UserError(f"{source.describe('wnids.txt')}: {twice} is listed twice (expected each class once)")
+    return sorted(listed)
 
 
 def choose_wnids(available: list[str], classes: int = 10, wnids: list[str] | None = None, where="source") -> list[str]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import MAX_IMAGE_SIZE
 from .data import Dataset, Split, ensure_dataset, identity_difference
 from .device import LEGACY_PRECISION, autocast, check_precision, resolve_device
 from .errors import UserError
@@ -106,10 +107,15 @@ def evaluate(model, split: Split, prep: Preprocessing | int, device, num_classes
 def checkpoint_preprocessing(ckpt: dict, path) -> Preprocessing:
     """The eval preprocessing a checkpoint recorded (its resize, crop, mean and std), never recomputed."""
     try:
-        return Preprocessing.from_dict(ckpt["preprocessing"])
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: its preprocessing entry is not image_size, resize, mean and std "
-                        f"({ckpt.get('preprocessing')!r})") from None
+                        f"({str(ckpt.get('preprocessing'))[:200]})") from None
+    sizes = (prep.image_size, prep.resize)
+    if not all(isinstance(v, int) and 1 <= v <= MAX_IMAGE_SIZE * 2 for v in sizes):
+        raise UserError(f"{path}: its preprocessing asks for image size {prep.image_size} and resize {prep.resize}; "
+                        f"expected at most {MAX_IMAGE_SIZE * 2} (this tool trains at most {MAX_IMAGE_SIZE})")
+    return prep
 
 
 def checkpoint_precision(ckpt: dict, path) -> str:

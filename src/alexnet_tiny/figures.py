@@ -4,6 +4,7 @@ Every figure has a title, labelled axes and class names, sized to be legible at 
 """
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,17 @@ BEST_COLOUR = "#d62728"
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
 
+def plain_text(draw):
+    """Draw with every text as it is: a `$` in a class or trial name is a dollar sign, not the start of
+    matplotlib's mathtext (which fails on what it cannot parse). Only while the figure is drawn: a
+    notebook's own plots keep their setting."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
+
+
 def _save(fig, path: Path) -> Path:
     """Write the figure as a PNG, atomically (temporary file, then rename), and close it."""
     path = Path(path)
@@ -30,6 +42,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+@plain_text
 def results_table(header: list[str], cells: list[list[str]], best: int | None, title: str, subtitle: str,
                   path: Path) -> Path:
     """The results table as an image; row `best` is shaded and bold."""
@@ -57,6 +70,7 @@ def results_table(header: list[str], cells: list[list[str]], best: int | None, t
     return _save(fig, path)
 
 
+@plain_text
 def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], best: str | None, path: Path,
                     stopped: dict[str, int] | None = None) -> Path:
     """2 x 2 panels (train/val x loss/accuracy) per epoch; `curves` maps a trial label to
@@ -125,6 +139,7 @@ def shown_classes(accuracies: list[float]) -> list[int]:
     return order if len(order) <= MANY_CLASSES else order[:SHOWN] + order[-SHOWN:]
 
 
+@plain_text
 def per_class_accuracy(names: list[str], accuracies: list[float], counts: list[int], overall: float,
                        title: str, path: Path) -> Path:
     """Horizontal bars, best class on top, with the value and the number of test images; for many
@@ -164,6 +179,7 @@ def most_confused(confusion: np.ndarray, n: int = SHOWN) -> list[tuple[int, int,
     return [(int(t), int(p), int(off[t, p])) for t, p in zip(*np.unravel_index(flat, off.shape)) if off[t, p]]
 
 
+@plain_text
 def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: Path) -> Path:
     """Counts annotated in each cell, coloured by the fraction of the true class (row). For many
     classes: the matrix as a picture of its structure (no counts, no names), beside the most
@@ -217,6 +233,7 @@ def _image_grid(n: int, columns: int, width: float, height: float):
     return fig, axes
 
 
+@plain_text
 def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str], rights: list[bool], title: str,
                        path: Path, columns: int = 6) -> Path:
     """uint8 (N, 3, H, W) images in a grid, each captioned "predicted / true", green when right,
@@ -242,6 +259,7 @@ def sample_predictions(images: np.ndarray, predicted: list[str], true: list[str]
     return _save(fig, path)
 
 
+@plain_text
 def accuracy_vs_minutes(groups: list[dict], title: str, path: Path) -> Path:
     """One point per configuration (results.seed_groups): mean test accuracy against mean minutes, with
     bars of one standard deviation across its seeds both ways, each seed as a small dot; the legend
@@ -281,6 +299,7 @@ def _kernel_mosaic(kernels: np.ndarray, columns: int = 8, gap: int = 1) -> np.nd
     return mosaic
 
 
+@plain_text
 def conv1_kernels(panels: list[tuple[str, np.ndarray]], title: str, path: Path) -> Path:
     """One panel per (caption, (64, 11, 11, 3) kernels in [0, 1]): the kernels in an 8 x 8 grid,
     drawn with square pixels (the AlexNet paper's figure 3)."""
@@ -294,6 +313,7 @@ def conv1_kernels(panels: list[tuple[str, np.ndarray]], title: str, path: Path) 
     return _save(fig, path)
 
 
+@plain_text
 def top5_bars(images: np.ndarray, rows: list[dict], title: str, path: Path, columns: int = 2) -> Path:
     """Each uint8 (3, H, W) image beside horizontal bars of its top-k classes (rows: {"true": name,
     "true_index": its class, "classes": [names], "indices": [classes], "probabilities": [p]}), the true
@@ -338,6 +358,7 @@ def _bordered(ax, image: np.ndarray, colour: str) -> None:
         side.set_linewidth(3)
 
 
+@plain_text
 def nearest_neighbours(queries: np.ndarray, query_names: list[str], neighbours: list[np.ndarray],
                        neighbour_names: list[list[str]], distances: list[list[float]], same_class: list[list[bool]],
                        title: str, path: Path) -> Path:
@@ -364,6 +385,7 @@ def nearest_neighbours(queries: np.ndarray, query_names: list[str], neighbours: 
     return _save(fig, path)
 
 
+@plain_text
 def class_activation_maps(images: np.ndarray, cams: np.ndarray, captions: list[str], correct: list[bool | None],
                           title: str, path: Path, columns: int = 4) -> Path:
     """Each uint8 (3, H, W) image under its (H, W) map in [0, 1], with its caption, framed green when
@@ -382,6 +404,7 @@ def class_activation_maps(images: np.ndarray, cams: np.ndarray, captions: list[s
     return _save(fig, path)
 
 
+@plain_text
 def grid_heatmap(panels: list[dict], xlabel: str, ylabel: str, title: str, path: Path) -> Path:
     """One heatmap per panel ({"title", "x": values, "y": values, "values": rows of y x x, None for
     no finished trial}), each cell annotated; a shared colour scale."""
@@ -415,6 +438,7 @@ def _value_axis(ax, values: list) -> list:
     return list(range(len(values)))
 
 
+@plain_text
 def effects(found: list[dict], published: dict[str, list[tuple]], interaction: dict | None, steps: dict | None,
             published_steps: list[tuple[float, float]], title: str, path: Path) -> Path:
     """One panel per hyperparameter that varies (findings.effects): mean validation and test accuracy

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import json
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def load_grid_toml(path: Path | str) -> dict:
         raise UserError(f"{path}: not valid TOML ({e})") from None
 
 
+MAX_TRIALS = 10_000  # beyond, a grid is a mistake (a list too many): weeks of a GPU, refused before any work
+
+
 def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
     """The product of the grid's value lists, on top of its `preset`, in a stable order.
 
@@ -99,6 +103,9 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
             raise UserError(f"{where}: {key} is an empty list (expected at least one value)")
         lists[key] = [coerce({key: v}, where)[key] for v in values]
     keys = [k for k in HYPERPARAMETERS if k in lists]
+    count = len(variants) * math.prod(len(lists[k]) for k in keys)
+    if count > MAX_TRIALS:
+        raise UserError(f"{where}: {count:,} trials (the product of its lists); expected at most {MAX_TRIALS:,}")
     try:
         trials = [PRESETS[base_name].replace(**{**variant, **dict(zip(keys, combo))}).validate()
                   for variant in variants for combo in itertools.product(*(lists[k] for k in keys))]
@@ -153,6 +160,8 @@ def with_seeds(trials: list[TrainConfig], seeds: int) -> list[TrainConfig]:
     seeds already overlap) run once."""
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {seeds}: expected 1 to {MAX_SEEDS} runs of each configuration")
+    if len(trials) * seeds > MAX_TRIALS:
+        raise UserError(f"--seeds {seeds}: {len(trials) * seeds:,} trials; expected at most {MAX_TRIALS:,}")
     repeated = [t.replace(seed=t.seed + i).validate() for t in trials for i in range(seeds)]
     return list(dict.fromkeys(repeated))
 

@@ -28,6 +28,8 @@ MAX_PIXELS = 50_000_000
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """An image file -> uint8 (3, 64, 64): upright, RGB, centre square, resized like the cache."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # is_file follows links: /dev/zero is none
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket), not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

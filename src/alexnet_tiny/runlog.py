@@ -55,14 +55,30 @@ def unfinished(configs, runs: dict[str, Path]) -> list:
     return [c for c in configs if (read_config(runs[c.name()]) or {}).get("status") not in FINISHED]
 
 
+# The types of a run record's fields that the results and the report compute with (None: not yet).
+RECORD_TYPES = {"status": (str, "a string"), "config": (dict, "a table of hyperparameters"),
+                "epochs_done": (int, "an integer"), "best_epoch": (int, "an integer"),
+                "best_val_accuracy": ((int, float), "a number"), "test_accuracy_at_best": ((int, float), "a number"),
+                "final_train_loss": ((int, float), "a number"), "seconds": ((int, float), "a number")}
+
+
 def read_config(run: Path) -> dict | None:
+    """A run's config.json, with the fields others compute with checked (a hand-edited or damaged
+    record is one line naming the field, never a crash later)."""
     path = Path(run) / CONFIG_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object (a run record), found {type(record).__name__}")
+    for key, (types, expected) in RECORD_TYPES.items():
+        value = record.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise UserError(f"{path}: {key} = {json.dumps(value)[:60]}: expected {expected}")
+    return record
 
 
 def epochs_done(run: Path) -> int:
