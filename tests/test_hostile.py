@@ -209,3 +209,37 @@ def test_a_hand_edited_run_record_is_one_line_on_the_report(tmp_path):
     out = write_report(tmp_path / "g", out=tmp_path / "r", progress=False, log=lines.append, samples=0, device="cpu")
     assert (out / "index.html").exists()
     assert any(f'{bad.name()}/config.json: best_val_accuracy = "0.9": expected a number' in line for line in lines)
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(small_data, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", "train", "--preset", "quick", "--epochs", "1",
+                             "--data", str(small_data), "--out", str(out), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "config.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert proc.returncode == 143 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("alexnet-tiny train: terminated (SIGTERM); rerun with --resume")
+
+
+def test_errors_stay_one_readable_line(tmp_path):
+    grid = tmp_path / "long.toml"
+    grid.write_text('preset = "quick"\naugment = "' + "x" * 200_000 + '"\n')
+    line = last_line(run_cli("grid", "--config", grid, "--out", tmp_path / "g", timeout=60))
+    assert len(line) < 800 and "characters ...]" in line and "augment" in line
+    assert "no wnid in it" in last_line(run_cli("prepare", "--wnids", ",,,", "--out", tmp_path / "d", timeout=60))
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_unreadable_image_names_the_file_once_and_no_buffer():
+    from alexnet_tiny.data import decode_image
+    with pytest.raises(UserError) as info:
+        decode_image(b"not an image", "src:train/n1/images/n1_0.JPEG")
+    assert "BytesIO" not in str(info.value) and str(info.value).count("n1_0.JPEG") == 1

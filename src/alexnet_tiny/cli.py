@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +61,9 @@ def config_from_args(args):
 def cmd_prepare(args) -> int:
     from .data import load_dataset, prepare
     t0 = time.time()
-    wnids = [w for w in args.wnids.split(",") if w] if args.wnids else None
+    wnids = [w.strip() for w in args.wnids.split(",") if w.strip()] if args.wnids is not None else None
+    if wnids is not None and not wnids:
+        raise UserError(f"--wnids {args.wnids!r}: no wnid in it (expected comma-separated wnids such as n01443537,n01629819)")
     if args.seed is not None and args.split != "hash":
         raise UserError(f"--seed {args.seed}: only --split hash takes a seed (--split number is fixed by file names)")
     out = prepare(args.out, source=args.source, classes=args.classes, wnids=wnids,
@@ -305,23 +309,49 @@ Commands: prepare, train, evaluate, grid, report, predict. For one: alexnet-tiny
 """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it ends as an interrupted one does."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+MAX_ERROR_CHARS = 600  # a value pasted into a grid file can be 200,000 characters: the line shows its ends
+
+
+def shortened(message: str) -> str:
+    """One error line of a readable length: the middle of a longer one is cut, said so."""
+    message = message.replace("\n", " ")
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    half = MAX_ERROR_CHARS // 2
+    return f"{message[:half]} [... {len(message) - 2 * half:,} characters ...] {message[-half:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         print(OVERVIEW, end="")
         return 0
+    # SIGTERM (a job scheduler, `kill`) ends the command as Ctrl-C does: its line, and what resumes it
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         require_torch()
         check_out(args)
         return args.func(args)
     except UserError as e:
-        print(f"alexnet-tiny {args.command}: error: {e}", file=sys.stderr)
+        print(f"alexnet-tiny {args.command}: error: {shortened(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full or read-only disk, a folder removed under us: the system's words, one line
         where = f"{e.filename}: " if e.filename else ""
         print(f"alexnet-tiny {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"alexnet-tiny {args.command}: interrupted; rerun with --resume to continue from the last checkpoint",
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"alexnet-tiny {args.command}: {what}; rerun with --resume to continue from the last checkpoint",
               file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -385,7 +385,8 @@ def decode_image(blob: bytes, where: str, size: int = CACHE_SIZE) -> np.ndarray:
             im.load()
             return image_array(im, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{where}: not a readable image ({e})") from None
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)).strip()  # PIL names its buffer
+        raise UserError(f"{where}: not a readable image ({reason or e.__class__.__name__})") from None
 
 
 # ----------------------------------------------------------------------------- prepare

@@ -34,7 +34,8 @@ class Evaluation:
     accuracy: float
     confusion: torch.Tensor  # [true, predicted] counts
     other: torch.Tensor | None = None  # per true class: predictions of an output beyond the classes
-    predicted: torch.Tensor | None = None  # each image's predicted output, in the split's order
+    predicted: torch.Tensor | None = None  # each image's predicted output, in the split's order (on the host)
+    labels: torch.Tensor | None = None  # each image's true class (on the host)
 
     @property
     def totals(self) -> torch.Tensor:
@@ -85,7 +86,8 @@ def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     """Loss, accuracy and confusion matrix from a split's logits."""
     if len(labels) == 0:
         return Evaluation(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.int64),
-                          torch.zeros(num_classes, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+                          torch.zeros(num_classes, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                          torch.zeros(0, dtype=torch.int64))
     logits, labels = logits.float().cpu(), labels.cpu()
     loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
     pred = logits.argmax(1)  # over every output, as the study's code predicted
@@ -93,7 +95,7 @@ def evaluation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     confusion = torch.bincount(labels[inside] * num_classes + pred[inside],
                                minlength=num_classes ** 2).view(num_classes, -1)
     other = torch.bincount(labels[~inside], minlength=num_classes)
-    return Evaluation(loss, (pred == labels).double().mean().item(), confusion, other, pred)
+    return Evaluation(loss, (pred == labels).double().mean().item(), confusion, other, pred, labels)
 
 
 def evaluate(model, split: Split, prep: Preprocessing | int, device, num_classes: int,

@@ -187,7 +187,8 @@ class RunFolder:
         improved = val.accuracy > self.best["val_accuracy"]
         if improved:
             self.best = {"val_accuracy": val.accuracy, "epoch": epoch, "test_accuracy": test.accuracy}
-            self.best_predictions = {name: (ev.predicted.tolist(), self.dataset.splits[name].labels.tolist())
+            # host arrays (evaluation copied them there): nothing here waits for a GPU
+            self.best_predictions = {name: (ev.predicted.numpy(), ev.labels.numpy())
                                      for name, ev in (("val", val), ("test", test)) if ev.predicted is not None}
         return improved
 

@@ -108,10 +108,12 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def write_predictions(run: Path, epoch: int, splits: dict[str, tuple[list[int], list[int]]]) -> None:
-    """predictions.json: {"epoch", "splits": {split: {"predicted": [...], "label": [...]}}}."""
+def write_predictions(run: Path, epoch: int, splits: dict) -> None:
+    """predictions.json: {"epoch", "splits": {split: {"predicted": [...], "label": [...]}}}, from
+    {split: (predicted, label)} as lists or numpy arrays."""
     write_json(run / PREDICTIONS_FILE, {"epoch": epoch, "splits": {
-        name: {"predicted": predicted, "label": label} for name, (predicted, label) in splits.items()}})
+        name: {"predicted": [int(v) for v in predicted], "label": [int(v) for v in label]}
+        for name, (predicted, label) in splits.items()}})
 
 
 def read_predictions(run: Path, epoch: int | None) -> dict[str, list[bool]] | None:
