@@ -4,6 +4,7 @@ inert gamma), the predictions training keeps, and a grid of replicates from the 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -239,3 +240,32 @@ def test_grid_seeds_from_the_command_line(small_data, tmp_path):
     assert rep["findings"]["replicates"]["configurations"] == 2
     bad = run_cli("grid", "--config", grid, "--seeds", "0", "--data", small_data, "--out", tmp_path / "h")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("expected 1 to 100 runs of each configuration")
+
+
+@pytest.mark.slow
+def test_a_seeds_grid_killed_mid_way_resumes_to_every_replicate(small_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    grid = tmp_path / "one.toml"
+    grid.write_text('preset = "quick"\nepochs = [2]\nbatch_size = [32]\n'
+                    + "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in LEARNS_AT_ONCE.items()))
+    out = tmp_path / "g"
+    args = ["grid", "--config", str(grid), "--seeds", "3", "--data", str(small_data), "--out", str(out), "--device",
+            "cpu", "--engine", "single", "--no-report", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **NARROW_ENV})
+    first = out / with_seeds([PRESETS["quick"].replace(epochs=2, batch_size=32, **LEARNS_AT_ONCE)], 3)[1].name()
+    deadline = time.monotonic() + 300
+    while not (first / runlog.LAST_CKPT).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the grid ended before the kill"
+    resumed = run_cli(*args[:-1], "--resume", "-q", env=NARROW_ENV, check=True)
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["quick_b32_e2_ls0_crop_kaiming_do0.5", "quick_b32_e2_seed1_ls0_crop_kaiming_do0.5",
+                       "quick_b32_e2_seed2_ls0_crop_kaiming_do0.5"]
+    assert "3 trials (3 done)" in resumed.stdout
+    assert all(runlog.read_config(out / f)["status"] == "done" for f in folders)
