@@ -243,3 +243,9 @@ def test_an_unreadable_image_names_the_file_once_and_no_buffer():
     with pytest.raises(UserError) as info:
         decode_image(b"not an image", "src:train/n1/images/n1_0.JPEG")
     assert "BytesIO" not in str(info.value) and str(info.value).count("n1_0.JPEG") == 1
+
+
+def test_a_url_given_to_predict_is_named_as_given():
+    from alexnet_tiny.predict import load_image
+    with pytest.raises(UserError, match=r"^https://example\.org/cat\.jpg: a URL; predict reads local image files"):
+        load_image("https://example.org/cat.jpg")

@@ -27,6 +27,8 @@ MAX_PIXELS = 50_000_000
 
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """An image file -> uint8 (3, 64, 64): upright, RGB, centre square, resized like the cache."""
+    if isinstance(path, str) and "://" in path:  # a Path would fold it to "https:/..."
+        raise UserError(f"{path}: a URL; predict reads local image files (download it first)")
     path = Path(path)
     if path.exists() and not path.is_dir() and not path.is_file():  # is_file follows links: /dev/zero is none
         raise UserError(f"{path}: not a regular file (a FIFO, device or socket), not an image")
