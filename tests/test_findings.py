@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from alexnet_tiny import runlog
 from alexnet_tiny.config import PRESETS
-from alexnet_tiny.grid import run_grid, with_seeds
+from alexnet_tiny.grid import grid_trials, run_grid, with_seeds
 from alexnet_tiny.report import write_report
 from alexnet_tiny.results import best_row, seed_groups
 from alexnet_tiny.stats import mcnemar, paired, rank_correlation, wilson
@@ -115,6 +115,20 @@ def test_planted_grid_no_effect_ties_and_an_untied_trial(tmp_path):
     assert (tmp_path / "report" / "effects.png").stat().st_size > 10_000
 
 
+def test_trials_judged_on_other_images_are_not_paired(tmp_path):
+    """Two folders prepared with other splits can have as many val images, not the same ones."""
+    grid = tmp_path / "grid"
+    base = PRESETS["quick"]
+    plant(grid, base, 300, 280)
+    other = plant(grid, base.replace(lr=0.01), 300, 280)
+    path = grid / other / runlog.PREDICTIONS_FILE
+    saved = json.loads(path.read_text())
+    saved["splits"]["val"]["label"] = [1] * 250 + [0] * 250  # other images: other labels
+    path.write_text(json.dumps(saved))
+    found = report_of(grid, tmp_path)[0]["findings"]
+    assert found["ties"]["val"]["unpaired"] == [other] and other in found["ties"]["test"]["compared"]
+
+
 def test_trials_stopped_at_a_rung_are_left_out_of_the_effects(tmp_path):
     grid = tmp_path / "grid"
     base = PRESETS["quick"]
@@ -195,7 +209,13 @@ def test_with_seeds_repeats_every_trial_once_per_seed():
     assert [t.name() for t in seeded] == ["quick", "quick_seed1", "quick_seed2", "quick_lr0.01",
                                           "quick_lr0.01_seed1", "quick_lr0.01_seed2"]
     overlapping = with_seeds([PRESETS["quick"], PRESETS["quick"].replace(seed=1)], 2)
-    assert [t.seed for t in overlapping] == [0, 1, 2]  # seed 1 once
+    assert [t.seed for t in overlapping] == [0, 1, 2, 3]  # each trial twice, no training twice
+    _, study = grid_trials("seed")
+    seeded = with_seeds(study, 2)  # gamma 0.1 from seed 0, gamma 0.01 from seed 1: gamma is inert
+    assert len(seeded) == 24
+    for lr, m in {(t.lr, t.momentum) for t in study}:
+        runs = [t for t in seeded if (t.lr, t.momentum) == (lr, m)]
+        assert sorted(t.seed for t in runs) == [0, 1, 2, 3]  # four different trainings of one configuration
 
 
 # ----------------------------------------------------------------------------- what training keeps

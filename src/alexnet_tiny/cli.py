@@ -287,6 +287,8 @@ def check_out(args) -> None:
         raise UserError(f"--out {out}: is a file (expected a folder)")
     if out is None or args.command == "prepare" or not hasattr(args, "data"):
         return
+    if args.command == "report" and args.data is None:
+        return  # the report reads each trial's recorded dataset, not the default folder
     data = Path(args.data) if args.data is not None else DEFAULT_DATA_DIR
     out_path, data_path = Path(out).resolve(), data.resolve()
     if out_path == data_path or data_path in out_path.parents:

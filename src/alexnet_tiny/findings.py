@@ -37,12 +37,12 @@ def spread(values: list[float]) -> dict:
 
 def interval(correct: list[bool] | None, accuracy: float | None, n: int | None) -> dict | None:
     """An accuracy and its Wilson interval: from the images when known, else from accuracy x n."""
-    if correct is not None:
+    if correct:
         k, n = sum(correct), len(correct)
     elif accuracy is not None and n:
         k = round(accuracy * n)
     else:
-        return None
+        return None  # no images (an empty split), or nothing known
     low, high = wilson(k, n)
     return {"accuracy": k / n, "correct": k, "images": n, "low": low, "high": high}
 
@@ -61,6 +61,15 @@ def trial_intervals(scored: list[dict], correct: dict, images: dict) -> list[dic
                                      for s in SPLITS}} for r in scored]
 
 
+def same_images(first: dict, second: dict, split: str) -> bool:
+    """Paired only on the same images: as many, with the same labels where both runs kept them (two
+    folders prepared with other splits can have as many images, not the same)."""
+    if len(first[split]) != len(second[split]):
+        return False
+    labels = first.get("labels", {}).get(split), second.get("labels", {}).get(split)
+    return None in labels or labels[0] == labels[1]
+
+
 def ties(scored: list[dict], best: dict, correct: dict) -> dict:
     """Per split: each trial against the best, paired (None where either has no per-image record)."""
     out = {}
@@ -69,7 +78,7 @@ def ties(scored: list[dict], best: dict, correct: dict) -> dict:
         against = {}
         for r in scored:
             theirs = correct.get(r["trial"], {}).get(split)
-            if r is best or theirs is None or mine.get(split) is None or len(theirs) != len(mine[split]):
+            if r is best or not theirs or not mine.get(split) or not same_images(mine, correct[r["trial"]], split):
                 continue
             test = paired(mine[split], theirs)
             against[r["trial"]] = {"best_only": test["only_first"], "trial_only": test["only_second"],
@@ -96,12 +105,15 @@ def effects(scored: list[dict], images: dict) -> list[dict]:
         means = [b["val"]["mean"] for b in by_value]
         size = max(means) - min(means)
         margin = difference_margin(statistics.fmean(means), images.get("val") or 0)
-        inert = {reason for r in scored for f, reason in inert_fields(r).items() if f == h}
+        margin = None if math.isnan(margin) else margin  # unknown image count: report.json has no NaN
+        # inert only where no trial's schedule reads it (a grid over schedules changes these with them)
+        reasons = [inert_fields(r).get(h) for r in scored]
+        inert = set(reasons) if all(reasons) else set()
         if inert:
             verdict = "inert"
         elif size == 0:
             verdict = "none"
-        elif not math.isnan(margin) and size < margin:
+        elif margin is not None and size < margin:
             verdict = "within noise"
         else:
             verdict = "effect"
@@ -162,7 +174,7 @@ def replicate_spread(groups: list[dict], images: dict) -> dict | None:
 
 # ----------------------------------------------------------------------------- the study's conclusions
 
-def study_checks(comparison: dict, best: dict, tied_on_test: list[str]) -> list[dict]:
+def study_checks(comparison: dict, best: dict, on_test: dict) -> list[dict]:
     """The study's conclusions, each with what our trials of the seed preset say."""
     rows = [r for r in comparison["rows"]]
     checks = []
@@ -181,10 +193,13 @@ def study_checks(comparison: dict, best: dict, tied_on_test: list[str]) -> list[
             verdict += (f" Ours, chosen on validation: lr {format_value(mine['lr'])}, momentum "
                         f"{format_value(mine['momentum'])}" + (" (the same configuration)." if same else "."))
         picked = [r["trial"] for r in ours if (r["lr"], r["momentum"]) == (pick["lr"], pick["momentum"])]
-        level = [t for t in picked if t == best["trial"] or t in tied_on_test]
-        if picked:
+        compared = [t for t in picked if t == best["trial"] or t in on_test["compared"]]
+        level = [t for t in compared if t == best["trial"] or t in on_test["tied"]]
+        if compared:
             verdict += (f" On our test images, its trials are {'tied with' if level else 'below'} our best "
                         f"(paired, p {'>=' if level else '<'} {TIED_P}).")
+        elif picked:
+            verdict += " Its trials have no per-image predictions here: not compared with our best."
     checks.append({"claim": claim, "verdict": verdict})
     gaps = [p["published_gap"] for p in comparison["pairs"] if p["published_gap"] is not None]
     our_gaps = [p["our_gap"] for p in comparison["pairs"] if p["our_gap"] is not None]
@@ -244,14 +259,19 @@ def conclusions(found: list[dict], best: dict, tie: dict, steps: dict | None, re
                        else "."))
     for split, where in (("val", "validation"), ("test", "test")):
         t = tie.get(split, {})
-        if t.get("compared") or t.get("unpaired"):
+        if t.get("compared"):
             names = ", ".join(t["tied"]) if t["tied"] else "none"
             said.append(f"Tied with it on {where} (paired McNemar, p >= {TIED_P}): {names}"
                         + (f"; {len(t['unpaired'])} trial(s) without per-image predictions not compared." if t["unpaired"]
                            else "."))
+        elif t.get("unpaired"):
+            said.append(f"On {where}, no trial could be compared with it image by image (no per-image predictions).")
     if steps is not None and steps["rank_correlation"] is not None:
-        text = (f"lr and momentum act nearly as one step, lr / (1 - momentum): validation accuracy rises with it "
-                f"(Spearman rho {steps['rank_correlation']:.2f})")
+        rho = steps["rank_correlation"]
+        trend = "rises" if rho > 0 else "falls"
+        text = (f"lr and momentum act nearly as one step, lr / (1 - momentum): validation accuracy {trend} with it "
+                if abs(rho) >= 0.7 else
+                "Validation accuracy against the step lr / (1 - momentum): no clear trend ") + f"(Spearman rho {rho:.2f})"
         for s in steps["shared_steps"]:
             pairs = " and ".join(f"lr {format_value(lr)}, momentum {format_value(m)}" for lr, m in s["configurations"])
             text += f"; {pairs} share the step {s['step']:.3g} and differ by {s['val']['max'] - s['val']['min']:.1%}"
@@ -292,6 +312,6 @@ def find(rows: list[dict], best: dict | None, correct: dict, groups: list[dict],
               "effects_over": [r["trial"] for r in done], "interaction": interaction(scored if any(e.get("with_stopped") for e in found[:2]) else done, found), "steps": steps,
               "replicates": replicates, "conclusions": said, "study": None}
     if comparison is not None:
-        result["study"] = study_checks(comparison, best, tie["test"]["tied"])
+        result["study"] = study_checks(comparison, best, tie["test"])
         result["published_intervals"] = published_intervals(comparison)
     return result

@@ -17,7 +17,7 @@ import torch
 
 from . import runlog
 from .asha import SCHEDULERS, Asha
-from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce
+from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce, inert_fields
 from .data import Dataset, ensure_dataset
 from .device import resolve_device, resolve_precision
 from .engine import plan_stacks, resolve_engine
@@ -155,15 +155,28 @@ MAX_SEEDS = 100
 
 
 def with_seeds(trials: list[TrainConfig], seeds: int) -> list[TrainConfig]:
-    """Every trial repeated over `seeds` seeds (its own seed, then the next ones): replicates, which
-    the results and the report aggregate per configuration. Trials that coincide (a grid whose
-    seeds already overlap) run once."""
+    """Every trial repeated over `seeds` seeds, its own seed first, then the next ones that no other
+    trial of the same configuration runs: replicates, which the results and the report aggregate per
+    configuration. The same configuration is judged without the fields its schedule never reads (the
+    seed grid's two gammas, seeds 0 and 1: with 2 seeds, gamma 0.1 runs seeds 0 and 1, gamma 0.01
+    seeds 2 and 3, four different trainings)."""
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {seeds}: expected 1 to {MAX_SEEDS} runs of each configuration")
     if len(trials) * seeds > MAX_TRIALS:
         raise UserError(f"--seeds {seeds}: {len(trials) * seeds:,} trials; expected at most {MAX_TRIALS:,}")
-    repeated = [t.replace(seed=t.seed + i).validate() for t in trials for i in range(seeds)]
-    return list(dict.fromkeys(repeated))
+    used: dict[tuple, set[int]] = {}
+    repeated = []
+    for t in trials:
+        config = t.to_dict()
+        inert = inert_fields(config)
+        taken = used.setdefault(tuple((k, v) for k, v in config.items() if k != "seed" and k not in inert), set())
+        seed = t.seed
+        for _ in range(seeds):
+            while seed in taken:
+                seed += 1
+            taken.add(seed)
+            repeated.append(t.replace(seed=seed).validate())
+    return repeated
 
 
 # ----------------------------------------------------------------------------- running

@@ -254,7 +254,8 @@ def _findings_html(found: dict | None, best: dict | None, made: dict) -> list[st
         body.append(f"<tr{' class=best' if is_best else ''}><td class=l>{e(cells[0])}</td>" +
                     "".join(f"<td>{e(c)}</td>" for c in cells[1:]) + "</tr>")
     parts += [f'<div class="scroll"><table id="intervals">{head}{"".join(body)}</table></div>',
-              f"<p class=sub>Intervals: Wilson 95% on {images.get('val')} val and {images.get('test')} test images. "
+              f"<p class=sub>Intervals: Wilson 95% on {images.get('val') or 'an unknown number of'} val and "
+              f"{images.get('test') or 'an unknown number of'} test images. "
               "Paired: each trial against the best on the same images (exact McNemar test on the images only one of "
               f"the two got right); tied when p &ge; 0.05, where the difference is within chance.</p>"]
     if found.get("published_intervals"):

@@ -253,8 +253,10 @@ def evaluate_correctness(trial: Trial, epoch: int, data, device: str, progress: 
         missing.append(f"trial {trial.name}: {runlog.BEST_CKPT} holds epoch {saved.ckpt.get('epoch')}, "
                        f"{runlog.CONFIG_FILE} says {epoch}: no paired comparison")
         return None
-    return {name: (saved.evaluate(dataset.splits[name], dataset.num_classes).predicted ==
-                   dataset.splits[name].labels.cpu()).tolist() for name in runlog.PREDICTED_SPLITS}
+    splits = {name: dataset.splits[name] for name in runlog.PREDICTED_SPLITS}
+    correct = {name: (saved.evaluate(split, dataset.num_classes).predicted == split.labels.cpu()).tolist()
+               for name, split in splits.items()}
+    return {**correct, "labels": {name: split.labels.tolist() for name, split in splits.items()}}
 
 
 # ----------------------------------------------------------------------------- the best checkpoint

@@ -116,16 +116,20 @@ def write_predictions(run: Path, epoch: int, splits: dict) -> None:
         for name, (predicted, label) in splits.items()}})
 
 
-def read_predictions(run: Path, epoch: int | None) -> dict[str, list[bool]] | None:
-    """Each val and test image's correctness at `epoch` (best.pt's), or None when the run kept none
-    for that epoch (a run of an earlier version, or a file that does not parse)."""
+def read_predictions(run: Path, epoch: int | None) -> dict | None:
+    """Each val and test image's correctness at `epoch` (best.pt's), {split: [bool]}, with the
+    labels they were judged against under "labels" ({split: [int]}); None when the run kept none for
+    that epoch (a run of an earlier version, or a file that does not parse)."""
     try:
         saved = json.loads((run / PREDICTIONS_FILE).read_text())
         if saved["epoch"] != epoch:
             return None
-        return {name: [p == y for p, y in zip(split["predicted"], split["label"], strict=True)]
-                for name, split in saved["splits"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        splits = {name: (list(map(int, split["predicted"])), list(map(int, split["label"])))
+                  for name, split in saved["splits"].items()}
+        correct = {name: [p == y for p, y in zip(predicted, labels, strict=True)]
+                   for name, (predicted, labels) in splits.items()}
+        return {**correct, "labels": {name: labels for name, (_, labels) in splits.items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
