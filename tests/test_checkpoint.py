@@ -3,18 +3,21 @@ short, and pickles of foreign objects. Each is refused with a reason in our own 
 torch's advice to load with weights_only=False, and none is unpickled."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 from PIL import Image
 
-from alexnet_tiny.checkpoint import load_checkpoint
+from alexnet_tiny.checkpoint import alexnet_shapes, load_checkpoint, model_from_checkpoint
 from alexnet_tiny.errors import UserError
 from conftest import run_cli
 
 MMAP = pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])  # ids: no "False" in tmp_path
+MMAP_FLAGS = st.booleans()
 
 
 class Gadget:
@@ -118,3 +121,26 @@ def test_a_preprocessing_that_asks_for_huge_images_is_refused(preprocessing, tmp
     from alexnet_tiny.evaluate import checkpoint_preprocessing
     with pytest.raises(UserError, match=r"expected at most 1024 \(this tool trains at most 512\)"):
         checkpoint_preprocessing({"preprocessing": preprocessing}, tmp_path / "foreign.pt")
+
+
+SHAPES = alexnet_shapes(8, 3)  # AlexNet with an 8-wide classifier and 3 outputs
+DIMS = st.sampled_from([0, 1, 2, 3, 8, 11, 64, 256, 9216, 10 ** 6, 10 ** 9, 2 ** 40])
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from(sorted(SHAPES) + ["features.1.weight"]), st.lists(DIMS, max_size=4), MMAP_FLAGS)
+def test_a_checkpoint_with_one_shape_changed_is_refused_before_anything_is_built(tmp_path_factory, key, shape, mmap):
+    """Every weight is an expanded tensor (one stored number, any shape: a foreign file's terabytes
+    cost it nothing): with one parameter's shape changed, or a parameter AlexNet has not, the
+    checkpoint is refused in one line naming a parameter, before anything of that size is built or
+    read; with none changed, it loads."""
+    assume(math.prod(d or 1 for d in shape) < 2 ** 62 and tuple(shape) != SHAPES.get(key))
+    path = tmp_path_factory.mktemp("shapes") / "foreign.pt"
+    model = {name: torch.zeros(()).expand(size) for name, size in SHAPES.items()}
+    torch.save({**small_checkpoint(), "model": model}, path)
+    assert tuple(model_from_checkpoint(load_checkpoint(path, mmap=mmap)).classifier[6].weight.shape) == (3, 8)
+    model[key] = torch.zeros(()).expand(shape)
+    torch.save({**small_checkpoint(), "model": model}, path)
+    with pytest.raises(UserError) as info:
+        model_from_checkpoint(load_checkpoint(path, mmap=mmap))
+    assert "\n" not in str(info.value) and ("classifier." in str(info.value) or key in str(info.value))

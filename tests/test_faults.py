@@ -166,3 +166,24 @@ def test_a_disk_that_fails_mid_checkpoint_leaves_the_previous_one_usable(small_d
     assert no_temporaries(out) == [] and not lock_path(out).exists()
     run_cli("train", *TRAIN_FLAGS, "--data", small_data, "--out", out, "--resume", env=NARROW_ENV, check=True)
     assert without_timing(runlog.read_metrics(out)) == without_timing(runlog.read_metrics(reference))
+
+
+def test_a_report_that_fails_leaves_the_previous_report_whole(small_data, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    toml = tmp_path / "g.toml"
+    toml.write_text(STACKED_GRID.replace("epochs = 2", "epochs = 1"))
+    run_cli("grid", "--config", toml, "--data", small_data, "--device", "cpu", "--out", runs, "--no-report", "-q",
+            env=NARROW_ENV, check=True)
+    run_cli("report", runs, "--out", out, "--device", "cpu", "-q", env=NARROW_ENV, check=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = len(before["results.csv"]) * 4  # the tables fit; the first figure stops part-way
+    assert limit < min(len(before[f]) for f in ("results_table.png", "report.json", "index.html"))
+    proc = subprocess.run([sys.executable, "-c", LIMITED, str(limit), "report", str(runs), "--out", str(out),
+                           "--device", "cpu", "-q"], env={**os.environ, **NARROW_ENV}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"alexnet-tiny report: error: {out / 'results_table.png'}: File too large"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing removed, nothing half-written
+    run_cli("report", runs, "--out", out, "--device", "cpu", "-q", env=NARROW_ENV, check=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []

@@ -93,6 +93,108 @@ def test_a_wnid_listed_twice_is_refused(source_folder, tmp_path):
     assert prepare(tmp_path / "e", source=src, progress=False, classes=2).exists()
 
 
+WNIDS = ["n01443537", "n01629819", "n01641577", "n01644900"]
+
+
+@pytest.fixture(scope="module")
+def minimal_source(tmp_path_factory) -> Path:
+    """A folder with a wnids.txt, words.txt and two images of one class: a tree Source can read."""
+    root = tmp_path_factory.mktemp("minimal")
+    (root / "wnids.txt").write_text(WNIDS[0] + "\n")
+    (root / "words.txt").write_text(f"{WNIDS[0]}\tgoldfish\n")
+    with zipfile.ZipFile(EMBEDDED_ARCHIVE) as z:
+        jpeg = z.read(next(n for n in z.namelist() if n.endswith(".JPEG")))
+    for k in range(2):
+        image = root / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_{k}.JPEG"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(jpeg)
+    return root
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(WNIDS + ["", " ", "\t"]), max_size=8), st.booleans())
+def test_any_wnids_file_lists_each_class_once_or_names_the_one_listed_twice(minimal_source, lines, mark):
+    """Blank lines, blanks around a wnid, a byte-order mark: no part of a wnid; a wnid listed twice or
+    none at all: refused, naming the file (and the wnid)."""
+    from alexnet_tiny.data import Source, read_wnids
+    (minimal_source / "wnids.txt").write_text(("\ufeff" if mark else "") + "\n".join(lines))
+    listed = [line.strip() for line in lines if line.strip()]
+    twice = next((w for k, w in enumerate(listed) if w in listed[:k]), None)
+    try:
+        got = read_wnids(Source(minimal_source))
+    except UserError as e:
+        assert "wnids.txt" in str(e) and "\n" not in str(e)
+        assert f"{twice} is listed twice" in str(e) if twice else "lists no class" in str(e)
+        return
+    assert twice is None and listed and got == sorted(listed)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+       st.one_of(st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 1, 2999, 3000, 3001, MAX_MEMBER_BYTES + 1])))
+def test_a_zip_member_of_any_declared_size_reads_whole_or_says_why(tmp_path_factory, method, declared):
+    """The member's uncompressed size rewritten in the archive's headers (what a zip bomb lies about):
+    the read returns the member's true bytes, or refuses in one line naming it; it never reads past the
+    limit, and never returns a cut member."""
+    from alexnet_tiny.data import Source
+    content = np.random.default_rng(declared).integers(0, 8, 3000, dtype=np.uint8).tobytes()
+    path = tmp_path_factory.mktemp("declared") / "source.zip"
+    with zipfile.ZipFile(path, "w", method) as z:
+        z.writestr("wnids.txt", WNIDS[0] + "\n")
+        z.writestr("member.JPEG", content)
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo("member.JPEG").header_offset
+    blob = bytearray(path.read_bytes())
+    central = blob.rindex(b"PK\x01\x02")  # the last member's entry in the central directory
+    assert blob[central + 46:central + 46 + len("member.JPEG")] == b"member.JPEG"
+    blob[local + 22:local + 26] = blob[central + 24:central + 28] = declared.to_bytes(4, "little")
+    path.write_bytes(bytes(blob))
+    try:
+        got = Source(path).read("member.JPEG")
+    except UserError as e:
+        assert "member.JPEG" in str(e) and "\n" not in str(e) and declared != len(content)
+        assert ("over the limit" in str(e)) == (declared > MAX_MEMBER_BYTES)  # refused before reading
+        return
+    assert got == content and declared <= MAX_MEMBER_BYTES
+
+
+SPECIAL = {"fifo": os.mkfifo, "/dev/zero": lambda p: p.symlink_to("/dev/zero"),
+           "/dev/null": lambda p: p.symlink_to("/dev/null"), "/dev/urandom": lambda p: p.symlink_to("/dev/urandom"),
+           "broken link": lambda p: p.symlink_to(p.parent / "nowhere"), "link loop": lambda p: p.symlink_to(p),
+           "link to a folder": lambda p: p.symlink_to(p.parent)}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from(sorted(SPECIAL)), st.sampled_from(["wnids.txt", "words.txt", f"train/{WNIDS[0]}/images/"
+                                                          f"{WNIDS[0]}_1.JPEG"]))
+def test_any_special_file_in_a_source_folder_is_refused_at_once(minimal_source, tmp_path_factory, special, member):
+    """In place of any file of the tree, something that is not a regular file: refused in one line
+    naming it, within seconds (an alarm fails the test instead of a hang), or not part of the tree."""
+    import shutil
+    import signal
+    from alexnet_tiny.data import Source
+    root = tmp_path_factory.mktemp("special") / "src"
+    shutil.copytree(minimal_source, root)
+    (root / member).unlink()
+    SPECIAL[special](root / member)
+
+    def hang(*_):
+        raise TimeoutError(f"{special} as {member}: still reading after 20 s")
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    try:
+        source = Source(root)
+        if source.has(member):
+            source.read(member)
+            pytest.fail(f"{special} as {member} was read")
+        assert special == "link to a folder"  # a folder: not a file of the tree
+    except UserError as e:
+        assert Path(member).name in str(e) and "\n" not in str(e)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # ----------------------------------------------------------------------------- predict
 
 def test_predict_refuses_a_fifo_or_a_device_as_an_image_at_once(tmp_path):

@@ -86,9 +86,10 @@ FC1_INPUTS = 256 * 6 * 6
 
 
 def shape_problem(model: dict) -> str | None:
-    """Shapes that are not AlexNet's, checked before any layer is built from them (a foreign file
-    could ask for terabytes): the fully connected layers' widths within bounds, FC1 reading the 9,216
-    features of the pooled 6 x 6 x 256 map, FC2 square, the head reading FC2."""
+    """Shapes that are not AlexNet's, checked before any layer is built or any weight read (a foreign
+    file could ask for terabytes, an expanded tensor costs its file nothing): the fully connected
+    layers' widths within bounds, FC1 reading the 9,216 features of the pooled 6 x 6 x 256 map, FC2
+    square, the head reading FC2; then every tensor the shape AlexNet's parameter of its name has."""
     def shape(name: str) -> tuple | None:
         return tuple(model[name].shape) if name in model else None
     fc1, fc2, head = shape("classifier.1.weight"), shape("classifier.4.weight"), shape("classifier.6.weight")
@@ -100,7 +101,22 @@ def shape_problem(model: dict) -> str | None:
     if head is not None and (len(head) != 2 or (hidden is not None and head[1] != hidden)
                              or not 1 <= head[0] <= MAX_OUTPUTS):
         return f"classifier.6.weight has shape {head}, expected (outputs 1 to {MAX_OUTPUTS}, {hidden})"
+    hidden = hidden or (fc2[0] if fc2 and 1 <= fc2[0] <= MAX_HIDDEN else None) or (head[1] if head else None)
+    outputs = head[0] if head else (shape("classifier.6.bias") or (1,))[0]
+    expected = alexnet_shapes(hidden, outputs if 1 <= outputs <= MAX_OUTPUTS else 1)
+    for name, tensor in model.items():
+        if name not in expected:
+            return f"{name}: AlexNet has no such parameter"
+        if tuple(tensor.shape) != expected[name]:
+            return f"{name} has shape {tuple(tensor.shape)}, expected {expected[name]}"
     return None
+
+
+def alexnet_shapes(hidden: int | None, outputs: int) -> dict[str, tuple]:
+    """Each parameter's shape in AlexNet of this width and head, from a model on the meta device (no
+    memory)."""
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in AlexNet(num_classes=outputs, hidden=hidden).state_dict().items()}
 
 
 def finite_problem(model: dict) -> str | None:

@@ -106,7 +106,11 @@ class Source:
                     h.update(block)
         else:  # a folder: names and sizes (hashing every file of a 100k-image tree is too slow)
             for rel in sorted(self._names):
-                h.update(f"{rel}\0{os.path.getsize(self._names[rel])}\n".encode())
+                try:
+                    size = os.stat(self._names[rel]).st_size
+                except OSError as e:  # a broken or looping link
+                    raise UserError(f"{self.describe(rel)}: cannot be read ({e.strerror})") from None
+                h.update(f"{rel}\0{size}\n".encode())
         return h.hexdigest()
 
     def names(self) -> list[str]:
@@ -184,6 +188,8 @@ def read_wnids(source: Source) -> list[str]:
     if not source.has("wnids.txt"):
         raise UserError(f"{source.path}: missing wnids.txt")
     listed = source.read_text("wnids.txt").lstrip("\ufeff").split()  # a byte-order mark is no part of a wnid
+    if not listed:
+        raise UserError(f"{source.describe('wnids.txt')}: lists no class (expected one wnid per line)")
     seen: set[str] = set()
     twice = next((w for w in listed if w in seen or seen.add(w)), None)
     if twice is not None:

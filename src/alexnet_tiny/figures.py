@@ -36,9 +36,11 @@ def plain_text(draw):
 def _save(fig, path: Path) -> Path:
     """Write the figure as a PNG, atomically (temporary file, then rename), and close it."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def atomic_path(path: Path | str):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename not in (None, str(tmp), tmp):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None  # the file the user knows
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -108,6 +113,34 @@ def atomic_torch_save(obj, path: Path | str) -> None:
             if not any(sign in str(e) for sign in TORCH_WRITE_FAILED):
                 raise
             raise OSError(errno.EIO, "could not be written (is the disk full?)", str(path)) from None
+
+
+@contextmanager
+def staged_folder(folder: Path | str, replaces=()):
+    """Yield an empty temporary folder beside `folder` to write a whole set of files into; on success
+    they are renamed into `folder` one by one (each rename atomic, the last file last), and the names
+    in `replaces` that the stage did not produce are removed from it. A failure before then leaves
+    `folder` as it was. Stages that killed writers left are removed first: hold the folder's lock."""
+    folder = Path(folder)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    stage.mkdir(parents=True)
+    try:
+        try:
+            yield stage
+        except OSError as e:
+            if e.filename is None or Path(e.filename).parent != stage:
+                raise
+            raise OSError(e.errno, e.strerror, str(folder / Path(e.filename).name)) from None
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in set(replaces) - {p.name for p in stage.iterdir()}:
+            (folder / name).unlink(missing_ok=True)
+        for path in sorted(stage.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name)):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def remove_stale_temporaries(folder: Path | str) -> None:

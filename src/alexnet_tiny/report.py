@@ -30,11 +30,11 @@ from . import explain, figures, findings, page, published, runlog
 from .checkpoint import load_checkpoint
 from .config import HYPERPARAMETERS, TrainConfig
 from .data import OFFICIAL_VAL, Split, load_dataset
-from .files import atomic_path, folder_lock, remove_stale_temporaries, write_json
+from .files import atomic_path, folder_lock, remove_stale_temporaries, staged_folder, write_json
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import SavedModel, evaluation, output_names, per_class_rows
-from .results import (RESULT_COLUMNS, RUN_METRICS, best_row, compares_configurations, format_value, grid_map,
+from .results import (RESULT_COLUMNS, RESULTS_CSV, RESULTS_MD, RUN_METRICS, best_row, compares_configurations, format_value, grid_map,
                       run_metrics, seed_groups, write_results)
 
 
@@ -43,6 +43,7 @@ REPORT_DIR = "report"
 REPORT_JSON = "report.json"
 PUBLISHED_MD = "published.md"
 FIGURES = {key: file for key, (file, _) in page.FIGURES.items()}  # key -> file name
+REPORT_FILES = (RESULTS_CSV, RESULTS_MD, PUBLISHED_MD, *FIGURES.values(), REPORT_JSON, "index.html")
 ARRAYS = ("sample_images", "pictures", "train_split")  # evaluation entries for the figures only, not for report.json
 METRIC_COLUMNS = [c for c in RUN_METRICS if c != "reason"]  # the table's columns; results.csv has them all
 COLUMNS = ["best", *RESULT_COLUMNS]
@@ -373,9 +374,7 @@ def table_view(rows: list[dict], trials: list[Trial]) -> tuple[list[str], list[l
 def draw_figures(out: Path, trials: list[Trial], rows: list[dict], best: dict | None, evaluation: dict | None,
                  runs_name: str, groups: list[dict], kernels: list, gridmap: dict | None, found: dict | None = None,
                  comparison: dict | None = None) -> dict[str, str]:
-    """Every figure that the data allows; returns {figure key: file name}. Stale ones are removed."""
-    for name in FIGURES.values():
-        (out / name).unlink(missing_ok=True)
+    """Every figure that the data allows; returns {figure key: file name}."""
     made = {}
     header, cells, fixed = table_view(rows, trials)
     best_index = next((i for i, r in enumerate(rows) if r["best"]), None)
@@ -473,14 +472,17 @@ def write_report(runs_dir: Path | str | list, out: Path | str | None = None, pro
         raise UserError(f"--out {out}: is a runs folder of the report (its results.csv would be overwritten); "
                         f"choose a folder of its own (default RUNS_DIR/{REPORT_DIR})")
     with folder_lock(out, "report folder"):
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)  # what a report killed inside a write left
-        return _write_report(runs_dirs, out, progress, log, data, samples, seed, device)
+        remove_stale_temporaries(out)  # what a report of an earlier version killed inside a write left
+        # The whole report is written beside `out` and renamed into it at the end: a report that fails
+        # (a full disk, a figure that cannot be drawn, Ctrl-C) leaves the previous one whole.
+        with staged_folder(out, replaces=REPORT_FILES) as stage:
+            _write_report(runs_dirs, stage, progress, log, data, samples, seed, device)
+    return out
 
 
 def _write_report(runs_dirs: list[Path], out: Path, progress: bool, log, data, samples: int, seed: int,
-                  device: str) -> Path:
-    """`write_report`, once it holds the report folder's lock."""
+                  device: str) -> None:
+    """`write_report`'s files, into an empty folder `out`."""
     missing: list[str] = []
     trials = find_all_trials(runs_dirs)
     where = ", ".join(map(str, runs_dirs))
@@ -524,7 +526,6 @@ def _write_report(runs_dirs: list[Path], out: Path, progress: bool, log, data, s
     with atomic_path(out / "index.html") as tmp:
         best_index = next((i for i, r in enumerate(rows) if r["best"]), None)
         tmp.write_text(page.render_html(report, (*table_view(rows, trials)[:2], best_index), trials, made))
-    return out
 
 
 class Report(dict):
