@@ -133,7 +133,7 @@ def test_asha_stops_the_trials_its_rule_stops(asha_grid):
             assert rec["reason"].startswith(f"stopped by ASHA at epoch {expected[n]}")
             assert max(vals(out, n)) == expected[n]  # no epoch after the rung
             assert runlog.read_metrics(out / n)[-1]["status"] == "stopped"
-            assert (out / n / runlog.BEST_CKPT).exists() and (out / n / runlog.LAST_CKPT).exists()
+            assert (out / n / runlog.BEST_CKPT).exists() and not (out / n / runlog.LAST_CKPT).exists()  # ended
             assert any(f"{n}: stopped by ASHA at epoch {expected[n]}" in line for line in asha_grid["log"])
         else:
             assert rec["status"] == "done" and rec["epochs_done"] == 3
@@ -218,7 +218,7 @@ def test_cli_grid_with_asha_and_a_budget(small_data, tmp_path):
                    "--scheduler", "asha", "--time-budget", "0.001s", check=True)
     assert "ASHA judges trials at epochs 1, 2 (reduction factor 2)" in proc.stderr
     assert "time budget of 0 s reached; 2 trial(s) unfinished, continue with --resume" in proc.stderr
-    assert proc.stdout.startswith(f"grid {out}: 2 trials (1 running, 1 pending)")
+    assert proc.stdout.startswith(f"grid {out}: 2 trials (1 unfinished, 1 pending)")
     assert json.loads((out / runlog.GRID_FILE).read_text())["scheduler"] == {
         "scheduler": "asha", "grace_period": 1, "reduction_factor": 2.0, "max_t": 4}
     bad = run_cli("grid", "--config", toml, "--data", small_data, "--out", tmp_path / "g2", "--time-budget", "soon")

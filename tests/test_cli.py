@@ -68,14 +68,61 @@ def test_train_flags():
     assert (args.lr, args.batch_size, args.step_size, args.image_size, args.momentum) == (0.5, 7, 3, 96, None)
 
 
+def parser_actions():
+    """(command, flag or positional name, argparse action) for every argument of every command."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return [(command, (a.option_strings or [a.dest])[-1], a) for command, sub in commands.items()
+            for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+
+
+def test_every_flag_says_what_it_does_and_its_default_as_the_parser_has_it():
+    """A default given in a flag's help is the parser's own; a hyperparameter's (None: the preset's)
+    is the default preset's value."""
+    from alexnet_tiny.config import DEFAULT_PRESET, HYPERPARAMETERS
+    defaults = PRESETS[DEFAULT_PRESET]
+    wrong = []
+    for command, name, action in parser_actions():
+        help_text = " ".join((action.help or "").split())
+        if not help_text:
+            wrong.append(f"{command} {name}: no help")
+            continue
+        default = action.default
+        if command == "train" and action.dest in HYPERPARAMETERS:
+            value = getattr(defaults, action.dest)
+            default = str(value).lower() if isinstance(value, bool) else value
+            expected = f"{DEFAULT_PRESET}: {default:g})" if isinstance(default, float) else f"{DEFAULT_PRESET}: {default})"
+            if expected not in help_text:
+                wrong.append(f"{command} {name}: {help_text!r} does not say {expected!r}")
+        elif default not in (None, False) and not isinstance(action, argparse._StoreTrueAction):
+            shown = re.escape(f"{default:g}" if isinstance(default, float) else str(default))
+            if not re.search(rf"default:? {shown}\b|{shown} \(default", help_text):
+                wrong.append(f"{command} {name}: {help_text!r} does not give its default {default!r}")
+    assert wrong == []
+
+
+def test_output_to_a_file_has_no_progress_bars_or_escape_codes(tmp_path):
+    """Progress bars are for a terminal: a log file gets the commands' own lines, without carriage
+    returns or escape codes."""
+    log = tmp_path / "prepare.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-m", "alexnet_tiny", "prepare", "--classes", "2", "--out",
+                        str(tmp_path / "d")], stdout=f, stderr=subprocess.STDOUT, timeout=600, check=True)
+    text = log.read_bytes().decode()  # as written: read_text would turn carriage returns into newlines
+    assert text.strip().splitlines()[-1].startswith(f"prepared {tmp_path / 'd'}: 2 classes")
+    assert "\r" not in text and "\x1b" not in text and "%|" not in text, repr(text[:300])
+
+
 def test_choices_are_the_modules_own():
     """Every flag with a fixed set of values offers what the module that reads it accepts."""
-    from alexnet_tiny import asha, data, device, engine, grid
+    from alexnet_tiny import asha, config, data, device, engine, grid, runfolder
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     choices = {(command, flag): action.choices for command, sub in commands.items() for action in sub._actions
                if action.choices for flag in action.option_strings}
     assert choices == {**{(c, "--engine"): engine.ENGINES for c in ("train", "grid")},
+                       **{(c, "--keep"): runfolder.KEEP_CHOICES for c in ("train", "grid")},
+                       **{("train", f"--{field}"): values for field, values in config.CHOICES.items()},
                        **{(c, "--precision"): device.PRECISION_CHOICES for c in ("train", "grid")},
                        ("prepare", "--split"): data.SPLIT_KINDS, ("evaluate", "--split"): data.SPLITS,
                        ("grid", "--backend"): grid.BACKENDS, ("grid", "--scheduler"): asha.SCHEDULERS}
@@ -96,12 +143,13 @@ def test_train_preset_fills_values_and_flags_override_them(pipeline):
     assert rec["config"]["batch_size"] == PRESETS["quick"].batch_size and rec["config"]["lr"] == PRESETS["quick"].lr
     assert rec["status"] == "done" and rec["device"] == "cpu"
     assert len(runlog.read_metrics(pipeline.run)) == 1
-    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in pipeline.run.iterdir()}
+    files = {p.name for p in pipeline.run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "best.pt"} <= files and "last.pt" not in files  # --keep best: done
     assert any(p.name.startswith("events.out.tfevents.") for p in pipeline.run.iterdir())
     summary = pipeline.train.stdout.splitlines()
     assert len(summary) == 1
     assert summary[0].startswith(f"done: {pipeline.run}  best val {rec['best_val_accuracy']:.3f} at epoch 1, "
-                                 f"test {rec['test_accuracy_at_best']:.3f}  (1 epochs, ")
+                                 f"test {rec['test_accuracy_at_best']:.3f}  (1 epoch, ")
     assert "epoch 1/1" in pipeline.train.stderr  # the epoch's log line
 
 
@@ -163,20 +211,23 @@ def test_train_into_an_existing_run_without_resume(pipeline):
 
 # ----------------------------------------------------------------------------- errors
 
-INVALID_FLAGS = [(["--lr", "0"], "lr = 0.0: expected a number > 0"),
-                 (["--lr", "-0.5"], "lr = -0.5: expected a number > 0"),
-                 (["--momentum", "1"], "momentum = 1.0: expected a number in [0, 1)"),
-                 (["--gamma", "0"], "gamma = 0.0: expected a number in (0, 1]"),
-                 (["--gamma", "1.1"], "gamma = 1.1: expected a number in (0, 1]"),
-                 (["-b", "0"], "batch_size = 0: expected an integer from 1 to 4096"),
-                 (["--epochs", "0"], "epochs = 0: expected an integer from 1 to 10000"),
-                 (["--step-size", "0"], "step_size = 0: expected an integer from 1 to 10000"),
-                 (["--image-size", "32"], "image_size = 32: expected an integer from 64 to 512"),
+INVALID_FLAGS = [(["--lr", "0"], "--lr 0.0: expected a number > 0"),
+                 (["--lr", "-0.5"], "--lr -0.5: expected a number > 0"),
+                 (["--momentum", "1"], "--momentum 1.0: expected a number in [0, 1)"),
+                 (["--gamma", "0"], "--gamma 0.0: expected a number in (0, 1]"),
+                 (["--gamma", "1.1"], "--gamma 1.1: expected a number in (0, 1]"),
+                 (["-b", "0"], "--batch-size 0: expected an integer from 1 to 4096"),
+                 (["--epochs", "0"], "--epochs 0: expected an integer from 1 to 10000"),
+                 (["--step-size", "0"], "--step-size 0: expected an integer from 1 to 10000"),
+                 (["--image-size", "32"], "--image-size 32: expected an integer from 64 to 512"),
                  (["--preset", "fast"], "--preset fast: unknown (expected one of seed, readme, quick"),
-                 (["--lr", "inf"], "lr = inf: expected a finite number"),
-                 (["--weight-decay", "nan"], "weight_decay = nan: expected a finite number"),
-                 (["--warmup-epochs", "2"], "warmup_epochs = 2: expected 0 with schedule constant"),
-                 (["--outputs", "-1"], "outputs = -1: expected an integer from 0 to 100000 (0: one per class)")]
+                 (["--lr", "inf"], "--lr inf: expected a finite number"),
+                 (["--weight-decay", "nan"], "--weight-decay nan: expected a finite number"),
+                 (["--warmup-epochs", "2", "--schedule", "constant"],
+                  "--warmup-epochs 2: expected 0 with --schedule constant"),
+                 (["--outputs", "-1"], "--outputs -1: expected an integer from 0 to 100000 (0: one per class)"),
+                 (["--preset", "recipe-cpu", "--epochs", "2"], "--warmup-epochs 2 (from --preset recipe-cpu; give the "
+                  "flag to change it): expected an integer >= 0 and below --epochs")]
 
 
 @pytest.mark.parametrize("flags,message", INVALID_FLAGS)

@@ -63,7 +63,7 @@ def train_alone(trials, dataset, out: Path, layout=None) -> Path:
     train_module.CPU_TRAINING_LAYOUT = layout or before
     try:
         for t in trials:
-            train(t, dataset, out / t.name(), device="cpu", progress=False, log=quiet, engine="single")
+            train(t, dataset, out / t.name(), device="cpu", progress=False, log=quiet, engine="single", keep="all")
     finally:
         train_module.CPU_TRAINING_LAYOUT = before
     return out
@@ -316,12 +316,13 @@ def test_resume_of_an_interrupted_stack(stacked, dataset, drift, tmp_path):
     assert plan_stacks([*TRIALS, TRIALS[0]], [*outs, tmp_path / "fresh"], torch.device("cpu"), 3) == [[0, 1, 2], [3]]
     # one trial continues alone in train.py's loop, from the engine's checkpoint
     moved = Path(shutil.copytree(outs[1], tmp_path / "alone" / TRIALS[1].name()))
-    train(TRIALS[1], dataset, moved, device="cpu", resume=True, progress=False, log=quiet, engine="single")
+    train(TRIALS[1], dataset, moved, device="cpu", resume=True, progress=False, log=quiet, engine="single",
+          keep="all")
     assert_same_trial(moved, stacked / TRIALS[1].name(), drift[TRIALS[1].name()])
     # the stack continues: exactly the uninterrupted runs
     logged = []
     train_stack(TRIALS, dataset, outs, "cpu", progress=False, log=logged.append)
-    assert logged[0] == f"resuming {outs[0]} at epoch 2/2"
+    assert logged[0] == f"continuing {outs[0]} at epoch 2/2 from its last checkpoint"
     for t, o in zip(TRIALS, outs):
         assert without_timing(runlog.read_metrics(o)) == without_timing(runlog.read_metrics(stacked / t.name()))
         assert [s for s, _ in runlog.read_scalars(o)["val/accuracy"]] == [1, 2]
@@ -423,7 +424,7 @@ def test_bf16_precision_in_both_loops(alone, dataset, tmp_path):
     momenta stay fp32."""
     config = BASE.replace(epochs=1)
     single = train(config, dataset, tmp_path / "single", device="cpu", progress=False, log=quiet, engine="single",
-                   precision="bf16")
+                   precision="bf16", keep="all")
     stacked = train_stack([config, config.replace(lr=0.01)], dataset, [tmp_path / "a", tmp_path / "b"], "cpu",
                           progress=False, log=quiet, precision="bf16")
     for rec, run in ((single, tmp_path / "single"), (stacked[0], tmp_path / "a")):

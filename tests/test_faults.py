@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -113,15 +115,21 @@ def test_stacked_grid_killed_at_random_moments_resumes_to_the_same_trials(small_
         assert no_temporaries(out) == [] and not lock_path(out).exists()
 
 
-@pytest.mark.slow
-def test_report_killed_at_random_moments_writes_the_same_report(small_data, tmp_path):
-    runs = tmp_path / "runs"
-    toml = tmp_path / "g.toml"
+@pytest.fixture(scope="module")
+def reported(small_data, tmp_path_factory) -> SimpleNamespace:
+    """A one-epoch stacked grid and its report, written once for the report tests below."""
+    tmp = tmp_path_factory.mktemp("reported")
+    runs, toml, reference = tmp / "runs", tmp / "g.toml", tmp / "reference"
     toml.write_text(STACKED_GRID.replace("epochs = 2", "epochs = 1"))
     run_cli("grid", "--config", toml, "--data", small_data, "--device", "cpu", "--out", runs, "--no-report", "-q",
             env=NARROW_ENV, check=True)
-    reference = tmp_path / "reference"
     duration = timed_cli("report", runs, "--out", reference, "--device", "cpu", "-q", env=NARROW_ENV)
+    return SimpleNamespace(runs=runs, reference=reference, duration=duration)
+
+
+@pytest.mark.slow
+def test_report_killed_at_random_moments_writes_the_same_report(reported, tmp_path):
+    runs, reference, duration = reported.runs, reported.reference, reported.duration
 
     def written(out: Path) -> dict:
         report = json.loads((out / "report.json").read_text())
@@ -168,13 +176,8 @@ def test_a_disk_that_fails_mid_checkpoint_leaves_the_previous_one_usable(small_d
     assert without_timing(runlog.read_metrics(out)) == without_timing(runlog.read_metrics(reference))
 
 
-def test_a_report_that_fails_leaves_the_previous_report_whole(small_data, tmp_path):
-    runs, out = tmp_path / "runs", tmp_path / "report"
-    toml = tmp_path / "g.toml"
-    toml.write_text(STACKED_GRID.replace("epochs = 2", "epochs = 1"))
-    run_cli("grid", "--config", toml, "--data", small_data, "--device", "cpu", "--out", runs, "--no-report", "-q",
-            env=NARROW_ENV, check=True)
-    run_cli("report", runs, "--out", out, "--device", "cpu", "-q", env=NARROW_ENV, check=True)
+def test_a_report_that_fails_leaves_the_previous_report_whole(reported, tmp_path):
+    runs, out = reported.runs, Path(shutil.copytree(reported.reference, tmp_path / "report"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     limit = len(before["results.csv"]) * 4  # the tables fit; the first figure stops part-way
     assert limit < min(len(before[f]) for f in ("results_table.png", "report.json", "index.html"))

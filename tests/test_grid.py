@@ -168,7 +168,19 @@ BAD_TOML = [
     ('lr = ["0.1"]\n', "lr = '0.1': expected a number"),
     ("momentum = [true]\n", "momentum = True: expected a number"),
     ("lr = [[0.1, 0.2]]\n", "lr = [0.1, 0.2]: expected a number"),
-    ("[lr]\nx = 1\n", "lr = {'x': 1}: expected a number"),
+    ("[lr]\nx = 1\n", "lr = {x = 1}: expected one of {uniform = [low, high]}"),
+    ("samples = 3\nlr = {normal = [0, 1]}\n", "lr = {normal = [0, 1]}: expected one of {uniform"),
+    ("samples = 3\nlr = {loguniform = [0, 0.1]}\n", "lr = {loguniform = [0, 0.1]}: expected loguniform = [low, high], 0 < low"),
+    ("samples = 3\nlr = {uniform = [0.1, 0.01]}\n", "with low < high"),
+    ("samples = 3\nepochs = {uniform = [1, 3]}\n", "an integer field draws with randint"),
+    ("samples = 3\ninit = {choice = []}\n", "init = {choice = []}: expected a non-empty list of values"),
+    ('samples = 3\ninit = {choice = ["torch", "lsuv"]}\n', "init = lsuv: expected one of torch, kaiming, whiten"),
+    ("lr = {loguniform = [1e-4, 0.1]}\n", "lr is a distribution: add samples = N"),
+    ("samples = 3\nlr = [0.1]\n", "samples = 3: only with a distribution"),
+    ("samples = 0\nlr = {loguniform = [1e-4, 0.1]}\n", "samples = 0: expected an integer from 1 to 10,000"),
+    ("samples = 3\nsample_seed = -1\nlr = {loguniform = [1e-4, 0.1]}\n", "sample_seed = -1: expected an integer >= 0"),
+    ('samples = 3\ninit = {choice = ["torch", "whiten"]}\n', "the distributions give only 2 different trials"),
+    ("samples = 10000\nseed = [0, 1]\nlr = {loguniform = [1e-4, 0.1]}\n", "20,000 trials (the product of its lists and samples)"),
     ("lr = [0.1\n", "not valid TOML"),
     ("lr = 0.1\nlr = 0.2\n", "not valid TOML"),
     ('preset = "fast"\n', "preset = 'fast': expected one of seed, readme, quick"),
@@ -201,7 +213,7 @@ def test_bad_toml_in_a_real_subprocess(tmp_path):
 def test_missing_toml_and_unknown_preset(tmp_path):
     with pytest.raises(UserError, match="grid file not found"):
         load_grid_toml(tmp_path / "none.toml")
-    with pytest.raises(UserError, match="--preset nope: unknown grid preset"):
+    with pytest.raises(UserError, match="--preset nope: unknown \\(expected a grid preset, seed, quick, recipe, or a train preset"):
         grid_trials("nope")
     with pytest.raises(UserError, match="unknown key 'nope'"):
         expand({"nope": [1]})
@@ -335,7 +347,8 @@ def test_grid_runs_every_trial_into_a_run_folder(reference):
         rec = runlog.read_config(reference.out / t.name())
         assert rec["config"] == t.to_dict() and rec["name"] == t.name()
     run = reference.out / TRAINED
-    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    files = {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "best.pt"} <= files and "last.pt" not in files  # released at the end
     assert [r["epoch"] for r in runlog.read_metrics(run)] == [1, 2]
     scalars = runlog.read_scalars(run)
     assert all([s for s, _ in scalars[tag]] == [1, 2] for tag in runlog.TAGS.values())
@@ -465,7 +478,8 @@ def resume_and_compare(small_grid, small_data, out, reference) -> subprocess.Com
     summary = proc.stdout.strip()
     assert summary.startswith(f"grid {out}: 2 trials (1 diverged, 1 done) in ")
     assert summary.endswith(f"best {best['trial']}: val {best['best_val_accuracy']:.3f} (epoch {best['best_epoch']}), "
-                            f"test {best['test_accuracy_at_best']:.3f}")
+                            f"test {best['test_accuracy_at_best']:.3f}; no report (--no-report)")
+    assert " MB on disk; " in summary
     return proc
 
 
@@ -484,7 +498,7 @@ def test_resume_after_sigint(small_grid, small_data, reference, tmp_path):
     assert runlog.read_config(out / DIVERGING)["status"] == runlog.STATUS_DIVERGED
     assert runlog.read_config(trained)["status"] == runlog.STATUS_RUNNING
     proc = resume_and_compare(small_grid, small_data, out, reference)
-    assert f"resuming {trained} at epoch 2/2" in proc.stderr
+    assert f"continuing {trained} at epoch 2/2 from its last checkpoint" in proc.stderr
 
 
 @pytest.mark.slow
@@ -498,3 +512,95 @@ def test_resume_after_sigkill(small_grid, small_data, reference, tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     resume_and_compare(small_grid, small_data, out, reference)
+
+
+# ----------------------------------------------------------------------------- random search
+
+RANDOM_GRID = """
+preset = "quick"
+samples = 5
+lr = {loguniform = [1e-3, 0.1]}
+dropout = {uniform = [0.0, 0.5]}
+batch_size = {randint = [16, 48]}
+init = {choice = ["kaiming", "whiten"]}
+seed = [0, 1]
+"""
+
+
+def test_a_random_search_draws_from_its_distributions_the_same_trials_every_time(tmp_path):
+    path = write_toml(tmp_path, RANDOM_GRID)
+    trials = grid_trials(config=path)[1]
+    assert len(trials) == 10 and grid_trials(config=path)[1] == trials  # 2 seeds x 5 draws, drawn again alike
+    assert [t.seed for t in trials] == [0] * 5 + [1] * 5 and trials[:5] == [t.replace(seed=0) for t in trials[5:]]
+    draws = trials[:5]
+    assert all(1e-3 <= t.lr <= 0.1 and 0 <= t.dropout <= 0.5 and 16 <= t.batch_size <= 48 and
+               t.init in ("kaiming", "whiten") for t in draws)
+    assert all(float(f"{t.lr:.3g}") == t.lr and float(f"{t.dropout:.3g}") == t.dropout for t in draws)
+    assert len({(t.lr, t.dropout, t.batch_size, t.init) for t in draws}) == 5
+    names = [t.name() for t in trials]
+    assert len(set(names)) == 10 and max(map(len, names)) < 60, names  # readable folder names
+    other = grid_trials(config=write_toml(tmp_path, RANDOM_GRID + "sample_seed = 1\n", "other.toml"))[1]
+    assert {t.lr for t in other}.isdisjoint({t.lr for t in trials})
+
+
+def test_loguniform_draws_spread_evenly_over_the_decades():
+    """200 draws over three decades: about a third in each (a uniform draw would put 90% in the last)."""
+    trials = expand({"preset": "quick", "samples": 200, "lr": {"loguniform": [1e-4, 0.1]}})
+    decades = [sum(lo <= t.lr < lo * 10 for t in trials) for lo in (1e-4, 1e-3, 1e-2)]
+    assert all(45 <= n <= 90 for n in decades), decades
+
+
+RANDOM_RUN = """
+preset = "quick"
+samples = 5
+lr = {loguniform = [1e-3, 1e-2]}
+epochs = 1
+batch_size = 32
+image_size = 64
+"""
+
+
+@pytest.mark.slow
+def test_a_random_search_runs_resumes_after_a_kill_and_reports_its_draws(small_data, tmp_path):
+    toml = write_toml(tmp_path, RANDOM_RUN)
+    trials = grid_trials(config=toml)[1]
+    reference, out = tmp_path / "reference", tmp_path / "grid"
+    run_cli("grid", "--config", toml, "--data", small_data, "--out", reference, "--device", "cpu", "--no-report", "-q",
+            env=NARROW_ENV, check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_tiny", "grid", "--config", str(toml), "--data",
+                             str(small_data), "--out", str(out), "--device", "cpu", "--no-report", "-q"],
+                            env={**os.environ, **NARROW_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / trials[0].name() / runlog.METRICS_FILE
+    wait_for(lambda: first.exists() and first.read_text().count("\n") >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = run_cli("grid", "--config", toml, "--data", small_data, "--out", out, "--device", "cpu", "--resume",
+                      "-q", env=NARROW_ENV, check=True)
+    assert without_seconds(read_csv(out)) == without_seconds(read_csv(reference))
+    assert [r["lr"] for r in read_csv(out)] == [repr(t.lr) for t in trials]
+    report = json.loads((out / "report" / "report.json").read_text())
+    lr = next(e for e in report["findings"]["effects"] if e["hyperparameter"] == "lr")
+    assert lr["continuous"] and [b["value"] for b in lr["values"]] == sorted(t.lr for t in trials)
+    assert lr["rho"] is not None and any(c.startswith("lr, at 5 values from ") for c in report["findings"]["conclusions"])
+    page = (out / "report" / "index.html").read_text()
+    assert all(t.name() in page for t in trials) and report["grid_map"] is None
+    assert f"report {out / 'report' / 'index.html'}" in resumed.stdout
+
+
+def test_the_random_search_docs_show_draws_as_written(tmp_path):
+    """docs/cli.md's random-search example is a grid file that expands to what its comments say."""
+    import re
+    text = (REPO / "docs" / "cli.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    trials = grid_trials(config=write_toml(tmp_path, "\n".join(line.strip() for line in block.splitlines())))[1]
+    assert len(trials) == 16 and len({(t.lr, t.dropout, t.batch_size, t.init) for t in trials}) == 8
+
+
+def test_the_shipped_grids_are_found_outside_a_clone(tmp_path, monkeypatch):
+    """The repository's grids/ is the package's own: `--config grids/seed.toml` (or `seed`) works
+    from any folder; a name that is neither a file nor a shipped grid says which grids there are."""
+    monkeypatch.chdir(tmp_path)
+    assert grid_trials(config="grids/seed.toml")[1] == grid_trials(preset="seed")[1] == grid_trials(config="seed")[1]
+    with pytest.raises(UserError, match=r"grids/nope\.toml: grid file not found \(the package's own grids, by name: "
+                                        r"recipe-cpu-ablation\.toml, recipe-cpu-seeds\.toml, seed\.toml\)"):
+        grid_trials(config="grids/nope.toml")

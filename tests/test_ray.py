@@ -118,8 +118,8 @@ def test_ray_grid_equals_the_local_grid(ray_grid, small_data, tmp_path):
     assert [r["trial"] for r in ray_rows] == NAMES
     assert [without(r, TIMING_KEYS) for r in ray_rows] == [without(r, TIMING_KEYS) for r in local_rows]
     for n in NAMES:
-        assert folder_layout(out / n) == folder_layout(local / n) == {
-            runlog.CONFIG_FILE, runlog.METRICS_FILE, runlog.BEST_CKPT, runlog.LAST_CKPT, "events.out.tfevents.*"}
+        assert folder_layout(out / n) == folder_layout(local / n) == {  # last.pt released at the grid's end
+            runlog.CONFIG_FILE, runlog.METRICS_FILE, runlog.PREDICTIONS_FILE, runlog.BEST_CKPT, "events.out.tfevents.*"}
         assert ([without(r, TIMING_KEYS) for r in runlog.read_metrics(out / n)]
                 == [without(r, TIMING_KEYS) for r in runlog.read_metrics(local / n)])
         ray_config, local_config = runlog.read_config(out / n), runlog.read_config(local / n)
@@ -287,3 +287,18 @@ def test_the_output_docs_ray_md_shows_is_the_tools_output_today(small_data, tmp_
     sample = [line for line in output_block(ROOT / "docs" / "ray.md", RAY_MD_COMMAND) if not line.startswith("$ ")]
     assert len(sample) >= 5
     assert [line for line in sample if shape(line) not in produced] == []
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_random_search_draws_and_trains_the_same_trials_on_both_backends(small_data, tmp_path):
+    toml = tmp_path / "random.toml"
+    toml.write_text('preset = "quick"\nsamples = 2\nlr = {loguniform = [1e-3, 1e-2]}\n'
+                    'dropout = {uniform = [0.0, 0.5]}\nepochs = 1\nbatch_size = 32\nimage_size = 64\n')
+    ray, local = tmp_path / "ray", tmp_path / "local"
+    run_cli(*grid_args(toml, small_data, ray, "--backend", "ray", "--cpus-per-trial", "1"), env=NARROW, check=True,
+            timeout=900)
+    run_cli(*grid_args(toml, small_data, local), env=NARROW, check=True)
+    ray_rows, local_rows = read_csv(ray / RESULTS_CSV), read_csv(local / RESULTS_CSV)
+    assert len(ray_rows) == 2 and len({r["lr"] for r in ray_rows}) == 2
+    assert [without(r, TIMING_KEYS) for r in ray_rows] == [without(r, TIMING_KEYS) for r in local_rows]

@@ -601,3 +601,23 @@ def test_each_image_and_its_mirror_go_through_the_network_once(grid_dir, small_d
     ev = evaluate_best(trial, small_data, 24, 0, "cpu", False, missing)  # what write_report runs on best.pt
     assert not missing and ev["official_val"]["images"] > 0 and ev["cam"]
     assert sum(seen) == 2 * ev["test"]["images"] + 2 * ev["official_val"]["images"] + len(ev["cam"])
+
+
+def test_the_page_says_why_a_trial_ended_early(tmp_path):
+    """A trial ASHA stopped (or that diverged) is listed with its recorded reason under the table."""
+    from alexnet_tiny import runlog as log
+    from alexnet_tiny.report import write_report
+    reason = "stopped by ASHA at epoch 1: val 0.176 below the cutoff 0.280 of 1 trial(s) there before it"
+    for config, status, why in ((PRESETS["quick"], "done", None), (PRESETS["quick"].replace(lr=0.02), "stopped", reason)):
+        record = {"config": config.to_dict(), "status": status, "epochs_done": 1, "best_epoch": 1,
+                  "best_val_accuracy": 0.3, "test_accuracy_at_best": 0.3, "seconds": 1.0}
+        log.write_config(tmp_path / "g" / config.name(), {**record, **({"reason": why} if why else {})})
+    out = write_report(tmp_path / "g", out=tmp_path / "r", progress=False, log=lambda _: None, samples=0, device="cpu")
+    page = (out / "index.html").read_text()
+    assert "id=ended-early" in page and reason in page and page.count("<li><code>quick") == 1
+
+
+def test_a_seed_given_twice_is_not_shown_as_two_seeds_that_agree():
+    from alexnet_tiny.page import seeds_text
+    assert seeds_text([0, 1, 2]) == "0, 1, 2"
+    assert seeds_text([0, 0]) == "0, 0 (seed 0 more than once: the same training again, not a replicate)"

@@ -36,7 +36,7 @@ def dataset(small_data):
 @pytest.fixture(scope="module")
 def run_a(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "a"
-    train(TRAIN, dataset, out, device="cpu", progress=False, log=quiet)
+    train(TRAIN, dataset, out, device="cpu", progress=False, log=quiet, keep="all")  # last.pt read below
     return out
 
 
@@ -171,8 +171,8 @@ def test_interrupted_run_state(run_b):
 def test_resume_equals_an_uninterrupted_run(run_a, run_b, dataset, tmp_path):
     run = copy_run(run_b, tmp_path)
     logged = []
-    rec = train(TRAIN, dataset, run, device="cpu", resume=True, progress=False, log=logged.append)
-    assert f"resuming {run} at epoch 2/3" in logged
+    rec = train(TRAIN, dataset, run, device="cpu", resume=True, progress=False, log=logged.append, keep="all")
+    assert f"continuing {run} at epoch 2/3 from its last checkpoint" in logged
     assert rec["status"] == runlog.STATUS_DONE
     assert_same_run(run, run_a)
 
@@ -184,7 +184,7 @@ def test_resume_after_a_kill_before_the_first_checkpoint(run_a, run_b, dataset, 
     run = copy_run(run_b, tmp_path)
     (run / runlog.LAST_CKPT).unlink()
     (run / runlog.BEST_CKPT).unlink()
-    train(TRAIN, dataset, run, device="cpu", resume=True, progress=False, log=quiet)
+    train(TRAIN, dataset, run, device="cpu", resume=True, progress=False, log=quiet, keep="all")
     assert_same_run(run, run_a)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import threading
@@ -10,13 +11,16 @@ import time
 from pathlib import Path
 
 from . import __version__, runlog
-from .config import DESCRIPTIONS, HYPERPARAMETERS, PRESET_PURPOSES, TYPES, preset
+from .config import CHOICES, DEFAULT_PRESET, DESCRIPTIONS, HYPERPARAMETERS, PRESET_PURPOSES, TYPES, preset
 from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
 from .asha import SCHEDULERS
-from .device import PRECISION_CHOICES, require_torch
+from .device import PRECISION_CHOICES, require_torch, resolve_device
 from .engine import ENGINES
-from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, choices_help
+from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, SHIPPED_GRIDS, choices_help
 from .errors import UserError
+from .files import folder_bytes, folder_lock
+from .progress import format_size
+from .runfolder import KEEP_CHOICES
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,14 +37,19 @@ def log(msg: str) -> None:
 def add_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--lr, --momentum, ..., --step-size); None = from the preset."""
     kinds = {"float": float, "int": int, "str": str}
+    defaults = preset(DEFAULT_PRESET)
     for name in HYPERPARAMETERS:
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         extra = ["-b"] if name == "batch_size" else []
+        value = getattr(defaults, name)
+        shown = str(value).lower() if TYPES[name] == "bool" else f"{value:g}" if TYPES[name] == "float" else value
+        text = f"{DESCRIPTIONS[name]} (default: the --preset's; {DEFAULT_PRESET}: {shown})"
         if TYPES[name] == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=DESCRIPTIONS[name])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, help=DESCRIPTIONS[name])
-    p.add_argument("--preset", default="seed", help=f"fills defaults: {choices_help(PRESET_PURPOSES, 'seed')}")
+            p.add_argument(*extra, flag, type=kinds[TYPES[name]], default=None, choices=CHOICES.get(name), help=text)
+    p.add_argument("--preset", default=DEFAULT_PRESET, metavar="PRESET",
+                   help=f"fills the defaults of every flag above: {choices_help(PRESET_PURPOSES, DEFAULT_PRESET)}")
 
 
 def add_engine_flag(p: argparse.ArgumentParser) -> None:
@@ -53,9 +62,39 @@ def add_engine_flag(p: argparse.ArgumentParser) -> None:
                         "config.json records which ran (default fp32)")
 
 
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (default: cuda where PyTorch sees a GPU, else cpu), cpu or "
+                                                    "cuda")
+
+
+def add_keep_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", default="best", choices=KEEP_CHOICES,
+                   help="checkpoints a run keeps once it has ended: best (default): best.pt (about 230 MB for "
+                        "10 classes), and last.pt (weights and momenta, twice that) only while the run may "
+                        "continue, or for the study's own trials, whose final model it published; all: both, "
+                        "to extend or fine-tune a run later")
+
+
 def config_from_args(args):
+    """The preset with the flags given; a value refused is named by its flag, and said to come from the
+    preset where the user did not type it."""
     overrides = {n: getattr(args, n) for n in HYPERPARAMETERS if getattr(args, n) is not None}
-    return preset(args.preset).replace(**overrides).validate()
+    try:
+        return preset(args.preset).replace(**overrides).validate()
+    except UserError as e:
+        field, _, rest = str(e).partition(" = ")
+        if field not in HYPERPARAMETERS:
+            raise
+        value, _, expected = rest.partition(": expected ")
+        origin = "" if field in overrides else f" (from --preset {args.preset}; give the flag to change it)"
+        for name in HYPERPARAMETERS:  # "below epochs" -> "below --epochs"
+            expected = re.sub(rf"\b(below|with|when) {name}\b", rf"\1 {flag_name(name)}", expected)
+        given = flag_name(field) if TYPES[field] == "bool" else f"{flag_name(field)} {value}"
+        raise UserError(f"{given}{origin}: expected {expected}") from None
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def cmd_prepare(args) -> int:
@@ -76,15 +115,25 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .data import ensure_dataset
+    from .estimate import run_plan
     from .train import train
     config = config_from_args(args)
-    rec = train(config, data=args.data, out=args.out, device=args.device, resume=args.resume,
-                progress=not args.quiet, log=log, engine=args.engine, precision=args.precision)
-    out = args.out or runlog.run_folder("runs", config)
+    resolve_device(args.device)  # a wrong --device before any data is prepared
+    out = Path(args.out) if args.out else runlog.run_folder("runs", config)
+    dataset = ensure_dataset(args.data, progress=not args.quiet, log=log)
+    with folder_lock(out, "run folder"):  # a run folder in use is refused before the plan is measured
+        plan = run_plan(config, dataset, args.device, out, args.resume, args.precision)
+        if plan:
+            log(plan)
+        rec = train(config, data=dataset, out=out, device=args.device, resume=args.resume, progress=not args.quiet,
+                    log=log, engine=args.engine, precision=args.precision, keep=args.keep)
     best, test = rec["best_val_accuracy"], rec["test_accuracy_at_best"]
     verdict = (f"best val {best:.3f} at epoch {rec['best_epoch']}, test {test:.3f}" if best is not None
                else "no epoch finished")
-    print(f"{rec['status']}: {out}  {verdict}  ({rec['epochs_done']} epochs, {rec['seconds']:.0f}s on {rec['device']})")
+    epochs = f"{rec['epochs_done']} epoch{'s' * (rec['epochs_done'] != 1)}"
+    print(f"{rec['status']}: {out}  {verdict}  ({epochs}, {rec['seconds']:.0f}s on {rec['device']}; "
+          f"{format_size(folder_bytes(out))} on disk)")
     return 0 if rec["status"] != "failed" else 1
 
 
@@ -135,14 +184,17 @@ def cmd_grid(args) -> int:
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     rows = run_grid(trials, out, data=args.data, device=args.device, resume=args.resume, backend=args.backend,
                     progress=not args.quiet, log=log, ray_options=ray_options, engine=args.engine,
-                    max_stack=args.max_stack, precision=args.precision, scheduler=scheduler, time_budget=budget)
+                    max_stack=args.max_stack, precision=args.precision, scheduler=scheduler, time_budget=budget,
+                    keep=args.keep)
+    where = "; no report (--no-report)"
     if not args.no_report:
         from .report import write_report
-        write_report(out, progress=not args.quiet, log=log)
+        where = f"; report {write_report(out, progress=not args.quiet, log=log) / 'index.html'}"
     best = best_row(rows)
     verdict = (f"best {best['trial']}: val {best['best_val_accuracy']:.3f} (epoch {best['best_epoch']}), "
                f"test {best['test_accuracy_at_best']:.3f}") if best else "no trial finished"
-    print(f"grid {out}: {summary(rows)} in {time.time() - t0:.0f}s; {verdict}")
+    print(f"grid {out}: {summary(rows)} in {time.time() - t0:.0f}s, {format_size(folder_bytes(out))} on disk; "
+          f"{verdict}{where}")
     return 0
 
 
@@ -194,28 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="run folder (default runs/<hyperparameters>)")
     add_hyperparameter_flags(p)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_flag(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_keep_flag(p)
     add_engine_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="loss, accuracy and per-class accuracy of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt or last.pt of a run")
     p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the run, else data/tiny-image10)")
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--split", default="test", choices=SPLITS, help="the images to evaluate on (default test)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--flip", action="store_true", help="also the accuracy with test-time flip averaging (the logits "
                    "of each image and its mirror image, averaged), reported beside the plain one")
-    p.add_argument("--device", default="auto")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_device_flag(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
-    p.add_argument("--preset", default=None, help=f"grid preset: {choices_help(GRID_PURPOSES, 'quick')}")
-    p.add_argument("--config", default=None, help="TOML grid file (see grids/seed.toml); overrides --preset")
+    p.add_argument("--preset", default=None, metavar="PRESET",
+                   help=f"the grid: {choices_help(GRID_PURPOSES, DEFAULT_PRESET)}")
+    p.add_argument("--config", default=None, help=f"TOML grid file, or the name of one the package ships (the repository's grids/: "
+                        f"{', '.join(sorted(p.name for p in SHIPPED_GRIDS.glob('*.toml')))}); overrides --preset")
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_flag(p)
     p.add_argument("--resume", action="store_true", help="skip finished trials, continue unfinished ones")
     p.add_argument("--no-report", action="store_true", help="do not write the report when the grid finishes")
     p.add_argument("--seed", type=int, default=0,
@@ -225,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every configuration N times, from its seed and the next N - 1: replicates, whose mean "
                         "and spread the results and the report show; the best configuration is then chosen on the "
                         "mean validation accuracy")
-    p.add_argument("--backend", default="local", choices=BACKENDS, help="local (this machine) or ray")
+    p.add_argument("--backend", default="local", choices=BACKENDS, help="local (default: this machine) or ray (a Ray cluster, docs/ray.md)")
+    add_keep_flag(p)
     add_engine_flag(p)
     p.add_argument("--scheduler", default=None, choices=SCHEDULERS,
                    help="asha: stop trials whose validation accuracy trails at rungs (epochs grace period x "
@@ -244,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-stack", type=int, default=None, metavar="N",
                    help="stacked engine: at most N trials at once (default: as many as fit in memory)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial, fractions allowed (default 0)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="Ray: at most N trials at once (default: as many as the cluster's CPUs and GPUs hold). With "
                         "--scheduler asha and more than one at a time, which trials ASHA stops depends on which "
@@ -263,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="prepared dataset (default: the one recorded in the best trial)")
     p.add_argument("--samples", type=int, default=24, help="sample test images shown with predictions (default 24)")
     p.add_argument("--seed", type=int, default=0, help="which sample images (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)
 
@@ -275,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw each image under its class-activation map (Grad-CAM, last conv layer) for the "
                         "most probable class, into this PNG")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_flag(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (predict shows none; accepted as "
+                                                                   "every command accepts it)")
     p.set_defaults(func=cmd_predict)
     return ap
 

@@ -122,6 +122,7 @@ AUGMENTS = ("crop", "rrc")
 INITS = ("torch", "kaiming", "whiten")  # model.initialize, start.starting_model
 TYPES = {f.name: f.type for f in fields(TrainConfig)}
 HYPERPARAMETERS = tuple(TYPES)
+CHOICES = {"schedule": SCHEDULES, "input": INPUTS, "augment": AUGMENTS, "init": INITS}  # the fields of a fixed set
 
 
 def _fmt(v) -> str:
@@ -165,10 +166,10 @@ DESCRIPTIONS = {
     "crop_scale": "rrc: smallest crop area fraction", "mixup": "mixup alpha (0 = off)",
     "init": "starting weights: torch (PyTorch's defaults), kaiming (He normal, scaled for this net) or whiten "
             "(kaiming, with conv1 whitening the training images' patches)",
-    "dropout": "dropout probability before FC1 and FC2 (default 0.5, the paper's)",
+    "dropout": "dropout probability before FC1 and FC2 (the paper's is 0.5)",
     "input": "how the 64 px image becomes --image-size: resize (resize and crop; random crops in training) or pad "
              "(centred on a black canvas, as the study's code; training only flips)",
-    "outputs": "outputs of the last layer: 0 (default) one per class; the study's code had 200 for 10 classes "
+    "outputs": "outputs of the last layer: 0 for one per class; the study's code had 200 for 10 classes "
                "(predictions are the argmax over all of them)",
 }
 
@@ -215,10 +216,22 @@ PRESET_PURPOSES = {
 }
 
 
+DEFAULT_PRESET = "quick"  # what `train` and `grid` run without --preset: the main job's preset
+
+
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise UserError(f"--preset {name}: unknown (expected one of {', '.join(PRESETS)})")
     return PRESETS[name]
+
+
+STUDY_FREE = ("lr", "momentum", "gamma", "seed")  # what a trial of the seed preset may change
+
+
+def is_seed_trial(config: dict) -> bool:
+    """A configuration of the seed preset: equal to it in everything but lr, momentum, gamma and seed."""
+    preset = PRESETS["seed"].to_dict()
+    return bool(config) and all(config.get(k) == v for k, v in preset.items() if k not in STUDY_FREE)
 
 
 def head_size(config: TrainConfig, num_classes: int) -> int:

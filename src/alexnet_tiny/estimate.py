@@ -16,10 +16,11 @@ from .allocator import retained_heap
 from .asha import Asha
 from .config import TrainConfig, head_size
 from .data import Dataset
-from .device import autocast, prepare_device, synchronize
+from .device import autocast, prepare_device, resolve_device, resolve_precision, synchronize
 from .engine import CHECKPOINT_SECONDS, StackedAlexNet, StackedSGD
 from .errors import UserError
 from .model import AlexNet, parameter_count
+from .progress import format_duration
 from .train import CPU_TRAINING_LAYOUT, TrialState
 from .trial import TrialLosses, epoch_batches, train_step
 
@@ -116,3 +117,19 @@ def planned_epochs(asha: Asha, trials: list[TrainConfig], runs: dict[str, Path] 
     planned = asha.planned_epochs([t.epochs for t in trials], [r.get("epochs_done", 0) for r in records],
                                   [r.get("status") == runlog.STATUS_STOPPED for r in records])
     return dict(zip((t.name() for t in trials), planned))
+
+
+def run_plan(config: TrainConfig, dataset: Dataset, device, out: Path, resume: bool, precision: str = "fp32") -> str | None:
+    """`train`'s first line: what it trains and how long that takes on this device, measured as a grid's
+    estimate is. None where there is nothing to train (a finished run), or where `train` will refuse
+    the folder (a run there, and no --resume)."""
+    record = runlog.read_config(out)
+    if record is not None and (not resume or record.get("status") in runlog.FINISHED):
+        return None
+    done = (record or {}).get("epochs_done", 0)
+    dev = resolve_device(device)
+    eta = estimate_seconds([[config]], dataset, dev, {config.name(): out}, precision=resolve_precision(precision, dev))
+    warn = " -- hours on a CPU: consider a GPU or --preset quick" if eta > 3600 and dev.type == "cpu" else ""
+    start = f", from epoch {done + 1}" if done else ""
+    return (f"train: {config.name()}, {config.epochs} epoch{'s' * (config.epochs != 1)} at {config.image_size} px{start}; estimated "
+            f"{format_duration(eta)} on {dev}{warn}")

@@ -163,8 +163,9 @@ class SavedModel:
         """(plain, flip-averaged) logits from two forward passes of each image, not three."""
         return logits_with_flip(self.model, images, self.prep, self.device, precision=self.precision)
 
-    def evaluate(self, split: Split, num_classes: int, flip: bool = False) -> Evaluation:
-        return evaluation(self.logits(split.images, flip), split.labels, num_classes)
+    def evaluate(self, split: Split, num_classes: int | None = None, flip: bool = False) -> Evaluation:
+        """Accuracy, loss and per-class figures on `split`; num_classes defaults to the checkpoint's."""
+        return evaluation(self.logits(split.images, flip), split.labels, num_classes or len(self.wnids))
 
 
 def per_class_rows(dataset: Dataset, ev: Evaluation) -> list[dict]:

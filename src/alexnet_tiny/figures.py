@@ -454,23 +454,30 @@ def effects(found: list[dict], published: dict[str, list[tuple]], interaction: d
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, e in zip(axes.flat, found[:4]):
-        xs = _value_axis(ax, [b["value"] for b in e["values"]])
+        if e.get("continuous"):  # drawn values (random search): one point per value on the value's own scale
+            xs = [b["value"] for b in e["values"]]
+            if min(xs) > 0 and max(xs) / min(xs) >= 20:
+                ax.set_xscale("log")
+        else:
+            xs = _value_axis(ax, [b["value"] for b in e["values"]])
         for split, colour, shift in (("val", VAL_COLOUR, -0.06), ("test", TEST_COLOUR, 0.06)):
+            shift = 0 if e.get("continuous") else shift
             stats = [b.get(split) for b in e["values"]]
             if any(s is None for s in stats):
                 continue
             means = [s["mean"] for s in stats]
             low = [m - s["min"] for m, s in zip(means, stats)]
             high = [s["max"] - m for m, s in zip(means, stats)]
-            ax.errorbar([x + shift for x in xs], means, yerr=[low, high], fmt="o-", color=colour, capsize=4,
-                        label=f"{split} (mean, trials' range)")
+            ax.errorbar([x + shift for x in xs], means, yerr=[low, high], fmt="o" if e.get("continuous") else "o-",
+                        color=colour, capsize=4, label=f"{split} (mean, trials' range)")
         if published.get(e["hyperparameter"]):
             pub = dict(published[e["hyperparameter"]])
             ax.plot(xs, [pub.get(b["value"], np.nan) for b in e["values"]], "s--", color=PUBLISHED_COLOUR,
                     label="published test (mean)")
         note = {"inert": "inert", "none": "no effect", "within noise": "within noise"}.get(e["verdict"], "")
         star = "*" if e.get("with_stopped") else ""  # measured with trials stopped early (findings.find)
-        ax.set_title(f"{e['hyperparameter']}{star}: {100 * e['size']:.1f} points" + (f" ({note})" if note else ""),
+        trend = f", rho {e['rho']:.2f}" if e.get("rho") is not None else ""
+        ax.set_title(f"{e['hyperparameter']}{star}: {100 * e['size']:.1f} points{trend}" + (f" ({note})" if note else ""),
                      fontsize=11)
         ax.set_xlabel(e["hyperparameter"])
     if interaction:

@@ -151,3 +151,8 @@ def remove_stale_temporaries(folder: Path | str) -> None:
         for stale in folder.glob(".*.tmp-*"):
             if stale.is_file():
                 stale.unlink(missing_ok=True)
+
+
+def folder_bytes(folder: Path | str) -> int:
+    """The bytes of every file under `folder` (what a run or grid left on disk)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())

@@ -27,6 +27,8 @@ from .results import format_value
 from .stats import TIED_P, difference_margin, paired, rank_correlation, wilson
 
 SPLITS = ("val", "test")
+CONTINUOUS = 5  # a number hyperparameter at this many values or more (a random search's draws) is read as a
+# trend over its values (Spearman's rho), beside the range of accuracies
 METRIC = {"val": "best_val_accuracy", "test": "test_accuracy_at_best"}
 
 
@@ -117,15 +119,19 @@ def effects(scored: list[dict], images: dict) -> list[dict]:
             verdict = "within noise"
         else:
             verdict = "effect"
+        numbers = [r.get(h) for r in scored]
+        continuous = (len(by_value) >= CONTINUOUS and
+                      all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers))
+        rho = rank_correlation(numbers, [r["best_val_accuracy"] for r in scored]) if continuous else None
         found.append({"hyperparameter": h, "values": by_value, "size": size, "margin": margin, "verdict": verdict,
-                      "inert": sorted(inert)[0] if inert else None})
+                      "inert": sorted(inert)[0] if inert else None, "continuous": continuous, "rho": rho})
     return sorted(found, key=lambda e: (e["verdict"] != "effect", -e["size"]))
 
 
 def interaction(scored: list[dict], found: list[dict]) -> dict | None:
     """Mean validation accuracy over the first effect's values, one line per value of the second."""
     real = [e for e in found if e["verdict"] == "effect"]
-    if len(real) < 2:
+    if len(real) < 2 or real[1].get("continuous"):  # a line per drawn value would be a line per trial
         return None
     x, line = real[0]["hyperparameter"], real[1]["hyperparameter"]
     xs = [b["value"] for b in real[0]["values"]]
@@ -240,6 +246,11 @@ def conclusions(found: list[dict], best: dict, tie: dict, steps: dict | None, re
             f"{e['hyperparameter']}{'*' if e.get('with_stopped') else ''} {100 * e['size']:.1f} points"
             for e in real) + ".")
     for e in found:
+        if e.get("rho") is not None:
+            trend = ("rises with it" if e["rho"] > 0 else "falls as it grows") if abs(e["rho"]) >= 0.5 else "has no clear trend"
+            said.append(f"{e['hyperparameter']}, at {len(e['values'])} values from {format_value(e['values'][0]['value'])} "
+                        f"to {format_value(e['values'][-1]['value'])}: validation accuracy {trend} (Spearman rho "
+                        f"{e['rho']:.2f} over the trials).")
         if e["verdict"] == "inert":
             said.append(f"{e['hyperparameter']} had no effect by construction: {e['inert']}; its values are replicates.")
         elif e["verdict"] == "none":

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import json
+import math
+import random
 from pathlib import Path
 
 import torch
 
 from . import runlog
 from .asha import SCHEDULERS, Asha
-from .config import HYPERPARAMETERS, PRESETS, TrainConfig, coerce, inert_fields
+from .config import CHOICES, DEFAULT_PRESET, HYPERPARAMETERS, PRESETS, TYPES, TrainConfig, coerce, inert_fields
 from .data import Dataset, ensure_dataset
 from .device import resolve_device, resolve_precision
 from .engine import plan_stacks, resolve_engine
@@ -26,7 +27,7 @@ from .estimate import estimate_seconds, planned_epochs
 from .files import folder_lock, remove_stale_temporaries, write_json
 from .progress import format_duration, progress_bar
 from .results import collect_results, write_results
-from .runfolder import stop_at_rung
+from .runfolder import check_keep, release_checkpoints, stop_at_rung
 from .train import run_trials
 from .trial import Budget, RunOptions
 
@@ -53,6 +54,8 @@ GRID_PURPOSES = {
     "quick": "the main job: CPU minutes",
     "seed": "the original 12 trials, as its code ran: 6 configurations twice, since gamma had no effect",
     "recipe": "the recipe's ablation over 3 seeds",
+    ", ".join(p for p in PRESETS if p not in GRID_PRESETS): "a train preset: its one configuration, with --seeds N "
+                                                           "its replicates",
 }
 
 
@@ -73,11 +76,27 @@ def load_grid_toml(path: Path | str) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: grid file not found") from None
+        shipped = ", ".join(sorted(p.name for p in SHIPPED_GRIDS.glob("*.toml")))
+        raise UserError(f"{path}: grid file not found (the package's own grids, by name: {shipped})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text, as TOML must be ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
+
+
+SHIPPED_GRIDS = Path(__file__).parent / "grids"  # the repository's grids/, installed with the package
+
+
+def shipped_grid(config: Path | str) -> Path:
+    """A grid file's path: as given where it exists, else the package's grid of that name (`seed.toml`,
+    or `seed`), so that `--config grids/seed.toml` works outside a clone too."""
+    path = Path(config)
+    if path.exists():
+        return path
+    for name in (path.name, f"{path.name}.toml"):
+        if (SHIPPED_GRIDS / name).is_file():
+            return SHIPPED_GRIDS / name
+    return path
 
 
 MAX_TRIALS = 10_000  # beyond, a grid is a mistake (a list too many): weeks of a GPU, refused before any work
@@ -87,7 +106,10 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
     """The product of the grid's value lists, on top of its `preset`, in a stable order.
 
     Optional `variant` tables (TOML `[[variant]]`) are alternative sets of overrides, each crossed
-    with the product: an ablation is a list of variants crossed with a list of seeds."""
+    with the product: an ablation is a list of variants crossed with a list of seeds. A value may be a
+    distribution instead of a list (`lr = {loguniform = [1e-4, 0.1]}`): random search. `samples = N`
+    draws N sets of values from the distributions, each crossed with the product, from the generator
+    seeded with `sample_seed` (default 0), so that the same file always gives the same trials."""
     grid = dict(grid)
     base_name = grid.pop("preset", "seed")
     if not isinstance(base_name, str) or base_name not in PRESETS:
@@ -96,19 +118,27 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
         raise UserError(f"{where}: variant must be a non-empty list of tables ([[variant]])")
     variants = [coerce(v, f"{where} [[variant]]") for v in variants]
-    lists = {}
+    samples, sample_seed = grid.pop("samples", None), grid.pop("sample_seed", 0)
+    lists, distributions = {}, {}
     for key, values in grid.items():
+        if isinstance(values, dict):
+            distributions[key] = distribution(key, values, where)
+            continue
         values = values if isinstance(values, list) else [values]
         if not values:
             raise UserError(f"{where}: {key} is an empty list (expected at least one value)")
         lists[key] = [coerce({key: v}, where)[key] for v in values]
+    draws = sample_count(samples, sample_seed, distributions, where)
     keys = [k for k in HYPERPARAMETERS if k in lists]
-    count = len(variants) * math.prod(len(lists[k]) for k in keys)
+    count = len(variants) * math.prod(len(lists[k]) for k in keys) * draws
     if count > MAX_TRIALS:
-        raise UserError(f"{where}: {count:,} trials (the product of its lists); expected at most {MAX_TRIALS:,}")
+        raise UserError(f"{where}: {count:,} trials (the product of its lists{' and samples' * bool(distributions)}); "
+                        f"expected at most {MAX_TRIALS:,}")
+    drawn = draw_samples(distributions, draws, sample_seed, where)
     try:
-        trials = [PRESETS[base_name].replace(**{**variant, **dict(zip(keys, combo))}).validate()
-                  for variant in variants for combo in itertools.product(*(lists[k] for k in keys))]
+        trials = [PRESETS[base_name].replace(**{**variant, **dict(zip(keys, combo)), **sample}).validate()
+                  for variant in variants for combo in itertools.product(*(lists[k] for k in keys))
+                  for sample in drawn]
     except UserError as e:  # a value out of range: say which file it came from
         raise UserError(f"{where}: {e}") from None
     seen: set[str] = set()
@@ -116,6 +146,92 @@ def expand(grid: dict, where: str = "grid") -> list[TrainConfig]:
     if duplicate:
         raise UserError(f"{where}: trial {duplicate} appears twice (repeated value in a list)")
     return trials
+
+
+# Random search: a grid value that is a table of one of these draws its values (as Ray Tune's
+# tune.uniform, tune.loguniform, tune.randint with its upper bound included, tune.choice).
+DISTRIBUTIONS = {"uniform": "uniform = [low, high]", "loguniform": "loguniform = [low, high], 0 < low",
+                 "randint": "randint = [low, high], integers, both included", "choice": "choice = [a, b, ...]"}
+SIGNIFICANT = 3  # a drawn number keeps 3 significant digits: readable trial names, and the draw is what ran
+
+
+def distribution(key: str, table: dict, where: str) -> tuple[str, list]:
+    """(kind, its arguments) of a grid value written as a distribution, checked."""
+    if key not in HYPERPARAMETERS:
+        coerce({key: 0}, where)  # the unknown key's own message
+    kinds = ", ".join(f"{{{v}}}" for v in DISTRIBUTIONS.values())
+    if len(table) != 1 or next(iter(table)) not in DISTRIBUTIONS:
+        written = "{" + ", ".join(f"{k} = {v!r}" for k, v in table.items()) + "}"
+        raise UserError(f"{where}: {key} = {written}: expected one of {kinds}")
+    kind, args = next(iter(table.items()))
+    numeric = {"float": (int, float), "int": (int,)}.get(TYPES[key])
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{where}: {key} = {{choice = {args!r}}}: expected a non-empty list of values")
+        values = [coerce({key: v}, where)[key] for v in args]
+        wrong = next((v for v in values if key in CHOICES and v not in CHOICES[key]), None)
+        if wrong is not None:
+            raise UserError(f"{where}: {key} = {wrong}: expected one of {', '.join(CHOICES[key])}")
+        return kind, values
+    ok = (isinstance(args, list) and len(args) == 2 and numeric is not None
+          and all(isinstance(a, numeric) and not isinstance(a, bool) for a in args) and args[0] < args[1])
+    if kind == "randint":
+        ok = ok and TYPES[key] == "int"
+    elif kind == "loguniform":
+        ok = ok and args[0] > 0 and TYPES[key] == "float"
+    elif TYPES[key] != "float":
+        ok = False
+    if not ok:
+        hint = {"int": "; an integer field draws with randint", "float": "; a number field draws with uniform or "
+                "loguniform"}.get(TYPES[key], f"; a {TYPES[key]} field draws with choice")
+        raise UserError(f"{where}: {key} = {{{kind} = {args!r}}}: expected {DISTRIBUTIONS[kind]} with low < high"
+                        f"{hint}")
+    return kind, [float(a) if kind != "randint" else int(a) for a in args]
+
+
+def sample_count(samples, sample_seed, distributions: dict, where: str) -> int:
+    """How many draws the grid's `samples` asks for (1 without distributions, where it has no place)."""
+    if not isinstance(sample_seed, int) or isinstance(sample_seed, bool) or sample_seed < 0:
+        raise UserError(f"{where}: sample_seed = {sample_seed!r}: expected an integer >= 0")
+    if not distributions:
+        if samples is not None:
+            raise UserError(f"{where}: samples = {samples!r}: only with a distribution to draw from "
+                            f"(such as lr = {{loguniform = [1e-4, 0.1]}})")
+        return 1
+    if samples is None:
+        raise UserError(f"{where}: {', '.join(distributions)} {'is a distribution' if len(distributions) == 1 else 'are distributions'}"
+                        f": add samples = N, the number of draws")
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_TRIALS:
+        raise UserError(f"{where}: samples = {samples!r}: expected an integer from 1 to {MAX_TRIALS:,}")
+    return samples
+
+
+def draw_samples(distributions: dict, samples: int, seed: int, where: str) -> list[dict]:
+    """`samples` different draws of every distribution (in HYPERPARAMETERS order), numbers rounded to
+    SIGNIFICANT digits. A draw equal to an earlier one (a small choice or randint) is drawn again."""
+    if not distributions:
+        return [{}]
+    rng = random.Random(seed)
+    keys = [k for k in HYPERPARAMETERS if k in distributions]
+    drawn, seen = [], set()
+    for _ in range(100 * samples):
+        sample = {k: draw(rng, *distributions[k]) for k in keys}
+        if tuple(sample.values()) not in seen:
+            seen.add(tuple(sample.values()))
+            drawn.append(sample)
+            if len(drawn) == samples:
+                return drawn
+    raise UserError(f"{where}: samples = {samples}: the distributions give only {len(drawn)} different trials")
+
+
+def draw(rng: random.Random, kind: str, args: list):
+    if kind == "choice":
+        return rng.choice(args)
+    if kind == "randint":
+        return rng.randint(*args)
+    low, high = args
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if kind == "loguniform" else rng.uniform(low, high)
+    return float(f"{value:.{SIGNIFICANT}g}")
 
 
 # Grid presets that stop trials early by default (--scheduler none turns it off).
@@ -144,11 +260,15 @@ def grid_scheduler(preset: str | None, scheduler: str | None = None, grace_perio
 def grid_trials(preset: str | None = None, config: Path | str | None = None) -> tuple[str, list[TrainConfig]]:
     """(grid name, trials) from --preset or --config."""
     if config is not None:
-        return Path(config).stem, expand(load_grid_toml(config), where=str(config))
-    preset = preset or "quick"
-    if preset not in GRID_PRESETS:
-        raise UserError(f"--preset {preset}: unknown grid preset (expected one of {', '.join(GRID_PRESETS)})")
-    return preset, expand(GRID_PRESETS[preset], where=f"grid preset {preset}")
+        path = shipped_grid(config)
+        return path.stem, expand(load_grid_toml(path), where=str(config))
+    preset = preset or DEFAULT_PRESET
+    if preset in GRID_PRESETS:
+        return preset, expand(GRID_PRESETS[preset], where=f"grid preset {preset}")
+    if preset in PRESETS:  # a train preset: a grid of its one configuration (with --seeds, its replicates)
+        return preset, expand({"preset": preset}, where=f"preset {preset}")
+    raise UserError(f"--preset {preset}: unknown (expected a grid preset, {', '.join(GRID_PRESETS)}, or a train "
+                    f"preset, {', '.join(p for p in PRESETS if p not in GRID_PRESETS)})")
 
 
 MAX_SEEDS = 100
@@ -258,6 +378,8 @@ def judge_rung(asha: Asha, trials: list[TrainConfig], runs: dict[str, Path], run
         reason = asha.judge(t.name(), rung, value)
         if reason:
             stop_at_rung(runs[t.name()], rung, reason, log)
+        elif runlog.epochs_done(runs[t.name()]) == rung and t.epochs > rung:
+            log(f"{runs[t.name()].name}: kept by ASHA at epoch {rung} (val {value:.3f}); trains on")
 
 
 def run_local(trials: list[TrainConfig], out: Path, runs: dict[str, Path], dataset: Dataset, dev, engine: str,
@@ -291,14 +413,17 @@ def run_local(trials: list[TrainConfig], out: Path, runs: dict[str, Path], datas
 def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str = "auto", resume: bool = False,
              backend: str = "local", progress: bool = True, log=print, ray_options: dict | None = None,
              estimate: bool = True, engine: str = "auto", max_stack: int | None = None,
-             precision: str = "fp32", scheduler: dict | None = None, time_budget: float | None = None) -> list[dict]:
+             precision: str = "fp32", scheduler: dict | None = None, time_budget: float | None = None,
+             keep: str = "best") -> list[dict]:
     """Run (or resume) every trial into `out`; returns the result rows, also written as results.csv/md.
     engine (local backend): "stacked" trains trials that share a data stream together (engine.py),
     "single" one after another, "auto" picks stacked on a GPU; max_stack caps the trials per stack.
     scheduler: {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2} stops trials early
     (asha.py), None runs every trial to its end. time_budget: seconds after which no epoch starts
-    (the grid ends resumable)."""
+    (the grid ends resumable). keep: "best" removes the last.pt of every trial that has ended, once the
+    grid ends (runfolder.release_checkpoints); "all" keeps them."""
     out = Path(out)
+    check_keep(keep)
     if max_stack is not None and max_stack < 1:
         raise UserError(f"--max-stack {max_stack}: expected an integer >= 1 (leave it out for as many as fit)")
     asha = make_scheduler(scheduler, trials)
@@ -315,8 +440,11 @@ def run_grid(trials: list[TrainConfig], out: Path | str, data=None, device: str 
     precision = "fp32" if backend == "ray" else resolve_precision(precision, resolve_device(device))
     options = RunOptions(progress, log, precision=precision, budget=Budget(time_budget))
     with folder_lock(out, "grid folder"):
-        return _run_grid(trials, out, data, device, resume, backend, ray_options, estimate, engine, max_stack, asha,
+        rows = _run_grid(trials, out, data, device, resume, backend, ray_options, estimate, engine, max_stack, asha,
                          time_budget, options)
+        for run in runlog.run_folders(out, trials).values():
+            release_checkpoints(run, keep)
+        return rows
 
 
 def _run_grid(trials: list[TrainConfig], out: Path, data, device: str, resume: bool, backend: str,

@@ -82,13 +82,23 @@ def _figure(made: dict, key: str, alt: str, caption: str) -> str:
     return f'<img src="{html.escape(made[key])}" alt="{html.escape(alt)}"><p class="sub">{html.escape(caption)}</p>'
 
 
+def seeds_text(seeds: list) -> str:
+    """A configuration's seeds; a seed that repeats (the same run in two folders given to one report)
+    is said to be the same training twice, whose agreement says nothing of the spread over seeds."""
+    text = ", ".join(map(str, seeds))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if repeated:
+        text += f" (seed {', '.join(map(str, repeated))} more than once: the same training again, not a replicate)"
+    return text
+
+
 def _configurations_html(groups: list[dict], made: dict) -> str:
     """The configurations over seeds as a table (numbers as text) and the accuracy-minutes figure."""
     e = html.escape
     head = "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>" for i, h in enumerate(
         ["configuration", "seeds", "best val accuracy", "test accuracy at best", "minutes per run"]))
     body = "".join(
-        f'<tr><td class="l">{e(g["label"])}</td><td>{e(", ".join(str(r["seed"]) for r in g["runs"]))}</td>'
+        f'<tr><td class="l">{e(g["label"])}</td><td>{e(seeds_text([r["seed"] for r in g["runs"]]))}</td>'
         f'<td>{e(format_spread(g["best_val_accuracy"]))}</td><td>{e(format_spread(g["test_accuracy_at_best"]))}</td>'
         f'<td>{e(format_spread(g["minutes"], percent=False))}</td></tr>' for g in groups)
     return (f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
@@ -289,6 +299,17 @@ def _public_tiny_imagenet_html(public: dict | None) -> list[str]:
             f"<th>evaluated on</th><th>top-1</th></tr>{body}</table></div>"]
 
 
+def _ended_early_html(rows: list[dict]) -> list[str]:
+    """Why each trial that did not run to its last epoch ended (stopped by ASHA, diverged, failed)."""
+    ended = [r for r in rows if r.get("reason")]
+    if not ended:
+        return []
+    e = html.escape
+    return ["<p>Ended before their last epoch:</p><ul id=ended-early>" +
+            "".join(f"<li><code>{e(r['trial'])}</code> ({e(str(r['status']))}): {e(str(r['reason']))}</li>"
+                    for r in ended) + "</ul>"]
+
+
 def render_html(report: dict, table: tuple[list[str], list[list[str]], int | None], trials: list, made: dict) -> str:
     """The page of a report: `report` (what report.json holds), the results `table` (header, cells,
     index of the best row), the trials (name, hyperparameters, record) and the figures `made`."""
@@ -330,6 +351,7 @@ def render_html(report: dict, table: tuple[list[str], list[list[str]], int | Non
               '<p class=sub>Also as <a href="results.csv">results.csv</a>, <a href="results.md">results.md</a> and '
               f'<a href="{FIGURES["table"][0]}">{FIGURES["table"][0]}</a>; results from each trial&rsquo;s config.json, '
               'curves from its TensorBoard files.</p>',
+              *_ended_early_html(report["trials"]),
               *_published_html(report.get("published")),
               *_public_tiny_imagenet_html(report.get("public_tiny_imagenet")),
               *_grid_map_html(report.get("grid_map"), made),

@@ -66,9 +66,11 @@ def best_row(rows: list[dict], finished_only: bool = True) -> dict | None:
 
 
 def summary(rows: list[dict]) -> str:
-    """"4 trials (3 done, 1 diverged)"-style counts."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
-    return f"{len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())})"
+    """"4 trials (3 done, 1 diverged)"-style counts; a trial whose record still says running, once its
+    grid has returned, is unfinished (--resume continues it)."""
+    said = [r["status"] if r["status"] != runlog.STATUS_RUNNING else "unfinished" for r in rows]
+    counts = {s: said.count(s) for s in dict.fromkeys(said)}
+    return f"{len(rows)} trial{'s' * (len(rows) != 1)} ({', '.join(f'{n} {s}' for s, n in counts.items())})"
 
 
 def write_results(out: Path, rows: list[dict], columns: list[str] = RESULT_COLUMNS, best: dict | None = None) -> None:
@@ -135,7 +137,7 @@ def grid_map(rows: list[dict]) -> dict | None:
     """The grid as a picture's data: best validation accuracy (the highest among finished trials,
     whatever else differs) over the two hyperparameters with the most distinct values (seed aside;
     ties in HYPERPARAMETERS order), one panel per value of a third when there is one. None when
-    fewer than two hyperparameters vary."""
+    fewer than two hyperparameters vary, or when the trials fill under half of the map's cells."""
     finished = [r for r in rows if r.get("status") in runlog.SCORED]
     known = [r for r in rows if r.get("lr") is not None]
     values = {h: sorted({r[h] for r in known}, key=lambda v: (str(type(v)), v)) for h in HYPERPARAMETERS if h != "seed"}
@@ -144,6 +146,9 @@ def grid_map(rows: list[dict]) -> dict | None:
         return None
     x, y, *rest = varying
     panel_key = rest[0] if rest else None
+    cells = len(values[x]) * len(values[y]) * (len(values[panel_key]) if panel_key else 1)
+    if cells > 2 * len(known):  # not a grid (a random search's draws): a map of mostly empty cells says nothing
+        return None
     panels = []
     for p in (values[panel_key] if panel_key else [None]):
         cells = [[max((r["best_val_accuracy"] for r in finished if r[x] == xv and r[y] == yv

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from . import runlog
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, is_seed_trial
 from .data import LEGACY_SPLIT, Dataset, identity_difference
 from .device import LEGACY_PRECISION
 from .files import atomic_torch_save, remove_stale_temporaries
 from .errors import UserError
-from .evaluate import Evaluation
+from .evaluate import Evaluation, SavedModel
 from .transforms import Preprocessing
 
 NO_BEST = {"val_accuracy": -1.0, "epoch": 0, "test_accuracy": None}
@@ -78,6 +78,30 @@ def stop_at_rung(run: Path, epoch: int, reason: str, log=None) -> dict | None:
     if log is not None:
         log(f"{Path(run).name}: {reason}")
     return rec
+
+
+KEEP_CHOICES = ("best", "all")  # which checkpoints a finished trial keeps (--keep)
+
+
+def check_keep(keep: str) -> None:
+    if keep not in KEEP_CHOICES:
+        raise UserError(f"--keep {keep}: expected one of {', '.join(KEEP_CHOICES)}")
+
+
+def release_checkpoints(run: Path, keep: str = "best") -> int:
+    """--keep best: a trial that will not train again (done, stopped at a rung, diverged) keeps best.pt
+    and gives up last.pt (two thirds of its disk: weights and momenta), unless it is one of the
+    study's trials, whose final model is what the study published (the report measures its train
+    accuracy). --keep all keeps both (to extend or fine-tune a run later). Returns the bytes freed."""
+    check_keep(keep)
+    last = Path(run) / runlog.LAST_CKPT
+    rec = runlog.read_config(run) or {}
+    if keep == "all" or rec.get("status") not in runlog.FINISHED or is_seed_trial(rec.get("config")) \
+            or not last.exists():
+        return 0
+    size = last.stat().st_size
+    last.unlink()
+    return size
 
 
 def _check_resumable(out: Path, config: TrainConfig, dataset: Dataset, resume: bool, precision: str) -> dict | None:
@@ -149,7 +173,7 @@ class RunFolder:
         if kept:
             self.final_train_loss = kept[-1]["train_loss"]
         if self.start_epoch > 1:
-            self.log(f"resuming {self.out} at epoch {self.start_epoch}/{self.config.epochs}")
+            self.log(f"continuing {self.out} at epoch {self.start_epoch}/{self.config.epochs} from its last checkpoint")
         return ckpt
 
     def open(self) -> None:
@@ -245,3 +269,42 @@ def write_hparams(writer, config: TrainConfig, final: dict) -> None:
     for key, value in metrics.items():
         writer.add_scalar(runlog.HPARAM_METRICS[key], value, final["epochs_done"])
     writer.flush()
+
+
+class Run(dict):
+    """What `train` returns: the run's record (its config.json) as a dict, with the run at hand: its
+    `folder`, `config` (a TrainConfig), `history` (one dict per epoch, metrics.jsonl) and `load()`,
+    the best (or last) checkpoint as a SavedModel."""
+
+    def __init__(self, folder: Path | str, record: dict | None = None):
+        self.folder = Path(folder)
+        record = record if record is not None else runlog.read_config(self.folder)
+        if record is None:
+            raise UserError(f"{self.folder}: no run there (no {runlog.CONFIG_FILE})")
+        super().__init__(record)
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self["config"], str(self.folder / runlog.CONFIG_FILE))
+
+    @property
+    def history(self) -> list[dict]:
+        return runlog.read_metrics(self.folder)
+
+    def load(self, which: str = "best", device="cpu") -> SavedModel:
+        """best.pt (the best epoch on validation) or, with which="last", last.pt (kept while the run may
+        continue, or with keep="all")."""
+        names = {"best": runlog.BEST_CKPT, "last": runlog.LAST_CKPT}
+        if which not in names:
+            raise UserError(f"which={which!r}: expected best or last")
+        return SavedModel(self.folder / names[which], device)
+
+    def __repr__(self) -> str:
+        best = self.get("best_val_accuracy")
+        score = f", best val {best:.3f} at epoch {self['best_epoch']}" if best is not None else ""
+        return f"Run({str(self.folder)!r}): {self.get('status')}, {self.get('epochs_done')} epoch(s){score}"
+
+
+def read_run(folder: Path | str) -> Run:
+    """A run folder written by `train` or a grid, for a notebook or a script."""
+    return Run(folder)

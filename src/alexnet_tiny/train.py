@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .allocator import retained_heap
+from . import runlog
 from .config import TrainConfig, head_size
 from .data import Dataset, Split, ensure_dataset
 from .files import folder_lock
@@ -25,7 +26,7 @@ from .engine import resolve_engine, run_stack
 from .errors import UserError, exception_line
 from .evaluate import evaluate
 from .runlog import run_folder
-from .runfolder import RunFolder, epoch_line, record_failure
+from .runfolder import Run, RunFolder, check_keep, epoch_line, record_failure, release_checkpoints
 from .start import starting_model
 from .transforms import Preprocessing
 from .trial import (UNLIMITED, Budget, RunOptions, TrialLosses, epoch_batches, epochs_to_run, load_momenta, lr_at,
@@ -102,24 +103,33 @@ def train_one_epoch(state: TrialState, split: Split, device, epoch: int, progres
 
 def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
           device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None,
-          engine: str = "auto", precision: str = "fp32", until: int | None = None, budget: Budget = UNLIMITED) -> dict:
-    """Train one configuration into the run folder `out`; returns the record saved as config.json.
+          engine: str = "auto", precision: str = "fp32", until: int | None = None, budget: Budget = UNLIMITED,
+          keep: str = "best") -> dict:
+    """Train one configuration into the run folder `out`; returns the Run: the record saved as
+    config.json (a dict), with the folder, configuration, per-epoch history and best model at hand.
     `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
     engine: "auto" (the stacked engine on a GPU, this loop on the CPU), "stacked" or "single".
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device runs it natively; the record
     says which ran). A grid's scheduler ends the call early, resumable, after
-    epoch `until` or when `budget` allows no more epochs; the record then says "running"."""
+    epoch `until` or when `budget` allows no more epochs; the record then says "running".
+    keep: "best" removes last.pt once the run has ended (runfolder.release_checkpoints), "all" keeps it."""
     config.validate()
+    check_keep(keep)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     dataset = data if isinstance(data, Dataset) else ensure_dataset(data, progress=progress, log=log)
     dataset = dataset.to(dev)  # resident on the device for the whole run (a no-op on the CPU)
     out = Path(out) if out is not None else run_folder("runs", config)
     options = RunOptions(progress, log, callback, precision, until, budget)
-    if resolve_engine(engine, dev, log) == "stacked":
-        return run_stack([config], dataset, [out], dev, resume, options)[0]
     with folder_lock(out, "run folder"):
-        return train_single(config, dataset, out, dev, resume, options)
+        ended_before = (runlog.read_config(out) or {}).get("status") in runlog.FINISHED
+        if resolve_engine(engine, dev, log) == "stacked":
+            record = run_stack([config], dataset, [out], dev, resume, options)[0]
+        else:
+            record = train_single(config, dataset, out, dev, resume, options)
+        if not ended_before:  # a call on a run that had ended changes nothing
+            release_checkpoints(out, keep)
+    return Run(out, record)
 
 
 def train_single(config: TrainConfig, dataset: Dataset, out: Path, dev, resume: bool, options: RunOptions) -> dict:
@@ -166,7 +176,8 @@ def run_trials(configs: list[TrainConfig], dataset: Dataset, outs: list[Path], d
             return run_stack(configs, dataset.to(device), outs, torch.device(device), True, options)
         o = options
         return [train(configs[0], dataset, outs[0], str(device), resume=True, progress=o.progress, log=o.log,
-                      callback=o.callback, engine="single", precision=o.precision, until=o.until, budget=o.budget)]
+                      callback=o.callback, engine="single", precision=o.precision, until=o.until, budget=o.budget,
+                      keep="all")]  # the grid releases its trials' checkpoints at its end
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any bug or device error in one trial must not lose the grid
