@@ -88,18 +88,15 @@ FC1_INPUTS = 256 * 6 * 6
 def shape_problem(model: dict) -> str | None:
     """Shapes that are not AlexNet's, checked before any layer is built or any weight read (a foreign
     file could ask for terabytes, an expanded tensor costs its file nothing): the fully connected
-    layers' widths within bounds, FC1 reading the 9,216 features of the pooled 6 x 6 x 256 map, FC2
-    square, the head reading FC2; then every tensor the shape AlexNet's parameter of its name has."""
+    layers' widths within bounds (FC1 reading the 9,216 features of the pooled 6 x 6 x 256 map), then
+    every tensor the shape of AlexNet's parameter of its name, at that width and head."""
     def shape(name: str) -> tuple | None:
         return tuple(model[name].shape) if name in model else None
     fc1, fc2, head = shape("classifier.1.weight"), shape("classifier.4.weight"), shape("classifier.6.weight")
     if fc1 is not None and (len(fc1) != 2 or fc1[1] != FC1_INPUTS or not 1 <= fc1[0] <= MAX_HIDDEN):
         return f"classifier.1.weight has shape {fc1}, expected (hidden, {FC1_INPUTS}) with hidden 1 to {MAX_HIDDEN}"
     hidden = fc1[0] if fc1 is not None else None
-    if fc2 is not None and hidden is not None and fc2 != (hidden, hidden):
-        return f"classifier.4.weight has shape {fc2}, expected ({hidden}, {hidden})"
-    if head is not None and (len(head) != 2 or (hidden is not None and head[1] != hidden)
-                             or not 1 <= head[0] <= MAX_OUTPUTS):
+    if head is not None and (len(head) != 2 or not 1 <= head[0] <= MAX_OUTPUTS):
         return f"classifier.6.weight has shape {head}, expected (outputs 1 to {MAX_OUTPUTS}, {hidden})"
     hidden = hidden or (fc2[0] if fc2 and 1 <= fc2[0] <= MAX_HIDDEN else None) or (head[1] if head else None)
     outputs = head[0] if head else (shape("classifier.6.bias") or (1,))[0]

@@ -16,8 +16,8 @@ from .data import DEFAULT_DATA_DIR, SPLIT_KINDS, SPLITS, split_description
 from .asha import SCHEDULERS
 from .device import PRECISION_CHOICES, require_torch, resolve_device
 from .engine import ENGINES
-from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, SHIPPED_GRIDS, choices_help
-from .errors import UserError
+from .grid import ASHA_DEFAULTS, BACKENDS, GRID_PURPOSES, GRID_SCHEDULERS, choices_help, shipped_grid_names
+from .errors import InvalidValue, UserError
 from .files import folder_bytes, folder_lock
 from .progress import format_size
 from .runfolder import KEEP_CHOICES
@@ -81,15 +81,12 @@ def config_from_args(args):
     overrides = {n: getattr(args, n) for n in HYPERPARAMETERS if getattr(args, n) is not None}
     try:
         return preset(args.preset).replace(**overrides).validate()
-    except UserError as e:
-        field, _, rest = str(e).partition(" = ")
-        if field not in HYPERPARAMETERS:
-            raise
-        value, _, expected = rest.partition(": expected ")
-        origin = "" if field in overrides else f" (from --preset {args.preset}; give the flag to change it)"
+    except InvalidValue as e:
+        expected = e.expected
         for name in HYPERPARAMETERS:  # "below epochs" -> "below --epochs"
             expected = re.sub(rf"\b(below|with|when) {name}\b", rf"\1 {flag_name(name)}", expected)
-        given = flag_name(field) if TYPES[field] == "bool" else f"{flag_name(field)} {value}"
+        origin = "" if e.field in overrides else f" (from --preset {args.preset}; give the flag to change it)"
+        given = flag_name(e.field) if TYPES[e.field] == "bool" else f"{flag_name(e.field)} {e.value}"
         raise UserError(f"{given}{origin}: expected {expected}") from None
 
 
@@ -266,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="run a grid of configurations (seed study, quick, or a TOML grid)")
     p.add_argument("--preset", default=None, metavar="PRESET",
                    help=f"the grid: {choices_help(GRID_PURPOSES, DEFAULT_PRESET)}")
-    p.add_argument("--config", default=None, help=f"TOML grid file, or the name of one the package ships (the repository's grids/: "
-                        f"{', '.join(sorted(p.name for p in SHIPPED_GRIDS.glob('*.toml')))}); overrides --preset")
+    p.add_argument("--config", default=None, help=f"TOML grid file, or the name of one the package ships (the "
+                                                    f"repository's grids/: {shipped_grid_names()}); overrides --preset")
     p.add_argument("--data", default=None, help=f"prepared dataset (default {DEFAULT_DATA_DIR}, prepared on first use)")
     p.add_argument("--out", default=None, help="grid folder (default runs/<grid name>)")
     add_device_flag(p)

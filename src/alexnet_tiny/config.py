@@ -5,7 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-from .errors import UserError
+from .errors import InvalidValue, UserError
 
 
 # Upper bounds: past them a run fails mid-way (memory, integer overflow) or is a typo.
@@ -46,7 +46,7 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{f.name} = {value}: expected a finite number")
+                raise InvalidValue(f.name, value, "a finite number")
         checks = [
             ("lr", self.lr > 0, "a number > 0"),
             ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
@@ -74,7 +74,7 @@ class TrainConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise UserError(f"{name} = {getattr(self, name)}: expected {expected}")
+                raise InvalidValue(name, getattr(self, name), expected)
         return self
 
     def replace(self, **changes) -> "TrainConfig":

@@ -76,8 +76,7 @@ def load_grid_toml(path: Path | str) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        shipped = ", ".join(sorted(p.name for p in SHIPPED_GRIDS.glob("*.toml")))
-        raise UserError(f"{path}: grid file not found (the package's own grids, by name: {shipped})") from None
+        raise UserError(f"{path}: grid file not found (the package's own grids, by name: {shipped_grid_names()})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text, as TOML must be ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
@@ -85,6 +84,10 @@ def load_grid_toml(path: Path | str) -> dict:
 
 
 SHIPPED_GRIDS = Path(__file__).parent / "grids"  # the repository's grids/, installed with the package
+
+
+def shipped_grid_names() -> str:
+    return ", ".join(sorted(p.name for p in SHIPPED_GRIDS.glob("*.toml")))
 
 
 def shipped_grid(config: Path | str) -> Path:

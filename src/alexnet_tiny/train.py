@@ -104,7 +104,7 @@ def train_one_epoch(state: TrialState, split: Split, device, epoch: int, progres
 def train(config: TrainConfig, data: Dataset | Path | str | None = None, out: Path | str | None = None,
           device: str = "auto", resume: bool = False, progress: bool = True, log=print, callback=None,
           engine: str = "auto", precision: str = "fp32", until: int | None = None, budget: Budget = UNLIMITED,
-          keep: str = "best") -> dict:
+          keep: str = "best") -> Run:
     """Train one configuration into the run folder `out`; returns the Run: the record saved as
     config.json (a dict), with the folder, configuration, per-epoch history and best model at hand.
     `callback(row)` is called with each finished epoch's metrics (the Ray backend reports them).
